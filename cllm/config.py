@@ -1,0 +1,140 @@
+"""Configuration dataclasses, validated on construction.
+
+Every invalid value raises ``ValueError`` with a message naming the field and what is allowed, so a
+mistake is reported where it is made rather than as a shape error deep inside a matmul.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+DTYPES = ("float32", "float64")
+ACTIVATIONS = ("gelu", "tanh")
+INITS = ("gpt2", "xavier", "he")
+EMBEDDINGS = ("learned", "lattice")
+ATTENTION_BIASES = ("none", "lattice")
+OPTIMIZERS = ("adamw", "sgd", "momentum")
+
+
+def _positive_int(obj, name):
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _choice(obj, name, allowed):
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _number(obj, name, lo=None, hi=None, lo_open=False, hi_open=False):
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
+
+
+class _Serializable:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Serializable):
+    """Sizes and options of the GPT-style model.
+
+    vocab_size V, d_model C, n_layers L, n_heads H, d_ff (MLP width), max_seq_len (longest context).
+    """
+
+    vocab_size: int = 65
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    max_seq_len: int = 64
+    dtype: str = "float32"
+    activation: str = "gelu"
+    tie_weights: bool = True
+    dropout: float = 0.0
+    init: str = "gpt2"
+    embedding: str = "learned"
+    attention_bias: str = "none"
+    lattice_features: int = 32  # k, columns of the fixed prime feature map (embedding="lattice")
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "lattice_features"):
+            _positive_int(self, name)
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"d_model must be divisible by n_heads, got d_model={self.d_model}, n_heads={self.n_heads}"
+            )
+        _choice(self, "dtype", DTYPES)
+        _choice(self, "activation", ACTIVATIONS)
+        _choice(self, "init", INITS)
+        _choice(self, "embedding", EMBEDDINGS)
+        _choice(self, "attention_bias", ATTENTION_BIASES)
+        if not isinstance(self.tie_weights, bool):
+            raise ValueError(f"tie_weights must be True or False, got {self.tie_weights!r}")
+        _number(self, "dropout", 0.0, 1.0, hi_open=True)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serializable):
+    """Optimisation settings. Defaults are the small configuration (nanoGPT's CPU "baby GPT")."""
+
+    batch_size: int = 12
+    seq_len: int = 64
+    steps: int = 2000
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    lr_decay_steps: int = 2000
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.9
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 switches clipping off
+    grad_accum: int = 1
+    eval_interval: int = 250
+    eval_max_batches: Optional[int] = None  # None: the full validation split
+    log_interval: int = 10
+    checkpoint_interval: int = 500
+    seed: int = 1337
+
+    def __post_init__(self):
+        for name in ("batch_size", "seq_len", "steps", "lr_decay_steps", "grad_accum", "eval_interval",
+                     "log_interval", "checkpoint_interval"):
+            _positive_int(self, name)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        _choice(self, "optimizer", OPTIMIZERS)
+        _number(self, "lr", 0.0, lo_open=True)
+        _number(self, "min_lr", 0.0)
+        _number(self, "beta1", 0.0, 1.0, hi_open=True)
+        _number(self, "beta2", 0.0, 1.0, hi_open=True)
+        _number(self, "eps", 0.0, lo_open=True)
+        _number(self, "momentum", 0.0, 1.0, hi_open=True)
+        _number(self, "weight_decay", 0.0)
+        _number(self, "grad_clip", 0.0)
+        if self.eval_max_batches is not None:
+            _positive_int(self, "eval_max_batches")

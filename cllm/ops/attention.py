@@ -1,0 +1,88 @@
+"""Causal multi-head self-attention on a fused QKV tensor, batched over (B, H, T, hd).
+
+The projections around it (``c_attn`` producing qkv, ``c_proj`` mixing the heads) are ordinary
+linear layers; this op is the part between them:
+
+    q, k, v = split(qkv)                               (B, H, T, hd) each
+    scores  = q k^T / sqrt(hd) + bias + causal mask    (B, H, T, T)
+    probs   = softmax(scores)                          rows sum to 1, zero above the diagonal
+    y       = probs v, heads merged back               (B, T, C)
+"""
+import math
+
+import numpy as np
+
+from .softmax import softmax_forward
+
+
+def causal_mask(T, dtype=np.float64):
+    """Additive mask (T, T): 0 where key j <= query i, -inf where j > i (the future)."""
+    mask = np.zeros((T, T), dtype=dtype)
+    mask[np.triu_indices(T, k=1)] = -np.inf
+    return mask
+
+
+def split_heads(qkv, n_heads):
+    """(B, T, 3C) -> q, k, v, each (B, H, T, hd) and contiguous (one copy, so BLAS sees plain matrices)."""
+    B, T, C3 = qkv.shape
+    hd = C3 // (3 * n_heads)
+    qkv5 = qkv.reshape(B, T, 3, n_heads, hd).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view
+    q, k, v = np.ascontiguousarray(qkv5)  # one copy, then three views
+    return q, k, v
+
+
+def merge_heads(y):
+    """(B, H, T, hd) -> (B, T, C)."""
+    B, H, T, hd = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+
+
+def attention_forward(qkv, n_heads, bias=None, dropout_p=0.0, rng=None):
+    """Causal self-attention. ``qkv`` (B, T, 3C); ``bias`` broadcastable to (B, H, T, T) or None.
+
+    Returns (y (B, T, C), probs (B, H, T, T), dropout mask or None). ``probs`` is saved for the
+    backward pass; dropout, when on, acts on the probabilities (as in GPT-2).
+    """
+    B, T, C3 = qkv.shape
+    q, k, v = split_heads(qkv, n_heads)  # (B, H, T, hd) each
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = (q * scale) @ k.swapaxes(-1, -2)  # (B, H, T, hd) @ (B, H, hd, T) -> (B, H, T, T)
+    if bias is not None:
+        scores += bias
+    scores += causal_mask(T, scores.dtype)  # future positions -> -inf
+    probs = softmax_forward(scores)  # (B, H, T, T), each row sums to 1
+    mask = None
+    att = probs
+    if dropout_p > 0.0:
+        keep = rng.random(probs.shape) >= dropout_p
+        mask = keep.astype(probs.dtype) * (1.0 / (1.0 - dropout_p))
+        att = probs * mask
+    y = att @ v  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd)
+    return merge_heads(y), probs, mask  # (B, T, C)
+
+
+def attention_backward(dy, qkv, probs, n_heads, mask=None, return_dscores=False):
+    """Return dqkv (B, T, 3C) [and dscores (B, H, T, T), the gradient of the pre-softmax scores,
+    which is also the gradient of any additive bias]."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hd = C // n_heads
+    q, k, v = split_heads(qkv, n_heads)  # (B, H, T, hd)
+    scale = 1.0 / math.sqrt(hd)
+    dy = dy.reshape(B, T, n_heads, hd).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, H, T, hd)
+    att = probs if mask is None else probs * mask
+    datt = dy @ v.swapaxes(-1, -2)  # (B, H, T, hd) @ (B, H, hd, T) -> (B, H, T, T)
+    dv = att.swapaxes(-1, -2) @ dy  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd)
+    if mask is not None:
+        datt *= mask  # dropout backward
+    # softmax backward: dscores = p * (datt - sum_j datt * p); masked entries have p = 0 -> 0
+    datt -= np.sum(datt * probs, axis=-1, keepdims=True)
+    dscores = datt * probs  # (B, H, T, T)
+    dq = (dscores @ k) * scale  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd)
+    dk = (dscores.swapaxes(-1, -2) @ q) * scale  # (B, H, T, hd)
+    dqkv = np.empty((B, T, 3, n_heads, hd), dtype=qkv.dtype)  # (B, T, 3, H, hd)
+    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
+    dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
+    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+    dqkv = dqkv.reshape(B, T, C3)  # (B, T, 3C)
+    return (dqkv, dscores) if return_dscores else dqkv
