@@ -175,16 +175,7 @@ class Model:
             h, acts[p + "ln_1.mean"], acts[p + "ln_1.rstd"] = ops.layernorm_forward(
                 x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])  # (B, T, C)
             acts[p + "ln_1.out"] = h
-            qkv = ops.linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (B, T, 3C)
-            acts[p + "attn.qkv"] = qkv
-            bias = None
-            if basis is not None:
-                bias = P[p + "attn.lattice_beta"][None, :, None, None] * basis  # (B, H, T, T)
-            y, acts[p + "attn.probs"], m = ops.attention_forward(qkv, H, bias, p_drop, rng)  # (B, T, C)
-            if m is not None:
-                acts[p + "attn.drop"] = m
-            acts[p + "attn.y"] = y
-            a = ops.linear_forward(y, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (B, T, C)
+            a = self._attention_forward(l, h, acts, basis, p_drop, rng)  # (B, T, C)
             a, m = ops.dropout_forward(a, p_drop, rng)
             if m is not None:
                 acts[p + "attn.resid_drop"] = m
@@ -229,8 +220,6 @@ class Model:
                 raise ValueError("backward needs the targets: call forward(idx, targets) first")
             dlogits = ops.cross_entropy_backward(acts["probs"], acts.targets)  # (B, T, V)
         idx = acts.idx
-        B, T = idx.shape
-        H = cfg.n_heads
         grads = {}
 
         wte = self.embedding_matrix()
@@ -241,11 +230,11 @@ class Model:
                                                 acts["ln_f.mean"], acts["ln_f.rstd"])  # (B, T, C)
         grads["ln_f.weight"], grads["ln_f.bias"] = dlnw, dlnb
 
-        dbasis_weighted = None
         for l in reversed(range(cfg.n_layers)):
             p = f"h.{l}."
-            # --- MLP branch (x_out = x_mid + drop(f))
-            df = ops.dropout_backward(dx, acts.get(p + "mlp.resid_drop"))
+            # --- MLP branch (x_out = x_mid + drop(f)): the sum hands dx to the stream and to the branch
+            dx_stream, dbranch = ops.residual_backward(dx)
+            df = ops.dropout_backward(dbranch, acts.get(p + "mlp.resid_drop"))
             dact, grads[p + "mlp.c_proj.weight"], grads[p + "mlp.c_proj.bias"] = ops.linear_backward(
                 df, acts[p + "mlp.act"], P[p + "mlp.c_proj.weight"])  # (B, T, F)
             dpre = ops.activation_backward(dact, acts[p + "mlp.pre"], cfg.activation)  # (B, T, F)
@@ -253,26 +242,14 @@ class Model:
                 dpre, acts[p + "ln_2.out"], P[p + "mlp.c_fc.weight"])  # (B, T, C)
             dxm, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = ops.layernorm_backward(
                 dh, acts[p + "ln_2.in"], P[p + "ln_2.weight"], acts[p + "ln_2.mean"], acts[p + "ln_2.rstd"])
-            dx_res, df_res = ops.residual_backward(dx)
-            dx = dx_res + dxm  # gradient of the stream after attention
+            dx = dx_stream + dxm  # gradient of the stream after attention
             # --- attention branch (x_mid = x_in + drop(a))
-            da = ops.dropout_backward(dx, acts.get(p + "attn.resid_drop"))
-            dy, grads[p + "attn.c_proj.weight"], grads[p + "attn.c_proj.bias"] = ops.linear_backward(
-                da, acts[p + "attn.y"], P[p + "attn.c_proj.weight"])  # (B, T, C)
-            want_scores = cfg.attention_bias == "lattice"
-            out = ops.attention_backward(dy, acts[p + "attn.qkv"], acts[p + "attn.probs"], H,
-                                         acts.get(p + "attn.drop"), return_dscores=want_scores)
-            if want_scores:
-                dqkv, dscores = out  # dscores (B, H, T, T) is also d(bias)
-                basis = acts["lattice.attn_basis"]
-                grads[p + "attn.lattice_beta"] = np.einsum("bhij,bhij->h", dscores, basis)  # (H,)
-            else:
-                dqkv = out  # (B, T, 3C)
-            dh, grads[p + "attn.c_attn.weight"], grads[p + "attn.c_attn.bias"] = ops.linear_backward(
-                dqkv, acts[p + "ln_1.out"], P[p + "attn.c_attn.weight"])  # (B, T, C)
+            dx_stream, dbranch = ops.residual_backward(dx)
+            da = ops.dropout_backward(dbranch, acts.get(p + "attn.resid_drop"))
+            dh = self._attention_backward(l, da, acts, grads)  # (B, T, C)
             dxi, grads[p + "ln_1.weight"], grads[p + "ln_1.bias"] = ops.layernorm_backward(
                 dh, acts[p + "ln_1.in"], P[p + "ln_1.weight"], acts[p + "ln_1.mean"], acts[p + "ln_1.rstd"])
-            dx = dx + dxi  # gradient of the stream entering block l
+            dx = dx_stream + dxi  # gradient of the stream entering block l
 
         demb = ops.dropout_backward(dx, acts.get("emb.drop"))  # (B, T, C)
         dwte = ops.embedding_backward(demb, idx, cfg.vocab_size)  # (V, C)
@@ -288,6 +265,38 @@ class Model:
         else:
             grads["wte"] = dwte
         return {k: grads[k] for k in P}  # same order as the parameters
+
+    # ------------------------------------------------------------------ the attention branch
+    def _attention_forward(self, l, h, acts, basis, p_drop, rng):
+        """c_proj(attention(c_attn(h))) for block ``l``; ``h`` (B, T, C) is ln_1's output."""
+        P, p, H = self.params, f"h.{l}.", self.cfg.n_heads
+        qkv = ops.linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (B, T, 3C)
+        acts[p + "attn.qkv"] = qkv
+        bias = None
+        if basis is not None:
+            bias = P[p + "attn.lattice_beta"][None, :, None, None] * basis  # (B, H, T, T)
+        y, acts[p + "attn.probs"], m = ops.attention_forward(qkv, H, bias, p_drop, rng)  # (B, T, C)
+        if m is not None:
+            acts[p + "attn.drop"] = m
+        acts[p + "attn.y"] = y
+        return ops.linear_forward(y, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (B, T, C)
+
+    def _attention_backward(self, l, da, acts, grads):
+        """Backward of :meth:`_attention_forward`: fills block ``l``'s attention gradients, returns dh."""
+        P, p, H = self.params, f"h.{l}.", self.cfg.n_heads
+        dy, grads[p + "attn.c_proj.weight"], grads[p + "attn.c_proj.bias"] = ops.linear_backward(
+            da, acts[p + "attn.y"], P[p + "attn.c_proj.weight"])  # (B, T, C)
+        want_scores = self.cfg.attention_bias == "lattice"
+        out = ops.attention_backward(dy, acts[p + "attn.qkv"], acts[p + "attn.probs"], H,
+                                     acts.get(p + "attn.drop"), return_dscores=want_scores)
+        if want_scores:
+            dqkv, dscores = out  # dscores (B, H, T, T) is also the gradient of the additive bias
+            grads[p + "attn.lattice_beta"] = np.einsum("bhij,bhij->h", dscores, acts["lattice.attn_basis"])  # (H,)
+        else:
+            dqkv = out  # (B, T, 3C)
+        dh, grads[p + "attn.c_attn.weight"], grads[p + "attn.c_attn.bias"] = ops.linear_backward(
+            dqkv, acts[p + "ln_1.out"], P[p + "attn.c_attn.weight"])  # (B, T, C)
+        return dh
 
     # ------------------------------------------------------------------ convenience
     def loss(self, idx, targets, train=False, rng=None) -> float:
