@@ -86,3 +86,21 @@ def attention_backward(dy, qkv, probs, n_heads, mask=None, return_dscores=False)
     dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
     dqkv = dqkv.reshape(B, T, C3)  # (B, T, 3C)
     return (dqkv, dscores) if return_dscores else dqkv
+
+
+def cached_attention_forward(q, k_all, v_all, start, bias=None):
+    """Attention of new queries against every key so far (incremental decoding with a KV cache).
+
+    ``q`` (B, H, t, hd) are the queries of positions start .. start+t-1; ``k_all``, ``v_all``
+    (B, H, start+t, hd) hold the keys and values of positions 0 .. start+t-1. Query i may look at keys
+    j <= start + i, which is the causal mask of :func:`attention_forward` shifted by ``start``.
+    Returns y (B, t, C) and probs (B, H, t, start+t).
+    """
+    t, S = q.shape[2], k_all.shape[2]
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k_all.swapaxes(-1, -2)  # (B, H, t, S)
+    if bias is not None:
+        scores += bias
+    future = np.arange(S)[None, :] > (start + np.arange(t))[:, None]  # (t, S)
+    scores[..., future] = -np.inf
+    probs = softmax_forward(scores)
+    return merge_heads(probs @ v_all), probs  # (B, H, t, hd) -> (B, t, C)

@@ -1,0 +1,283 @@
+"""The training loop: forward with the activation store, cross-entropy, backward, clip, step.
+
+    trainer = Trainer(model, train_ids, val_ids, TrainConfig(...), tokenizer=tok, run_dir="runs/x")
+    history = trainer.train()          # progress bar, validation at intervals, checkpoints
+    trainer.evaluate()                 # mean loss over every window of the validation split
+
+Guards: a loss or gradient that is not finite stops training with :class:`TrainingDiverged`, whose
+message names the step, the tensor and the learning rate, after the parameters, gradients and the
+batch that produced them were written to ``run_dir/diverged/`` for inspection. The last good
+checkpoint is left in place. Nothing is skipped silently.
+
+Resuming: a checkpoint holds the parameters, the optimizer state, both random generators (batch
+sampling and dropout) and the history, so ``Trainer.resume(run_dir)`` continues the same run bit for
+bit: 20 steps straight equal 10 steps, save, resume, 10 steps.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .config import ModelConfig, TrainConfig
+from .data import eval_batches, get_batch
+from .model import Model
+from .optim import accumulate, clip_grad_norm, lr_at, make_optimizer, zeros_like_grads
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a gradient became NaN or infinite."""
+
+
+@dataclass
+class History:
+    """What a run measured. ``step`` and the per-step lists align; validation has its own steps."""
+
+    step: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    grad_norm: list = field(default_factory=list)
+    tokens_per_s: list = field(default_factory=list)
+    val_step: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    ratio_step: list = field(default_factory=list)
+    update_ratio: list = field(default_factory=list)  # |delta params| / |params| at logging steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**{k: list(v) for k, v in d.items()})
+
+
+def _rng_from_state(state: dict) -> np.random.Generator:
+    gen = np.random.default_rng()
+    gen.bit_generator.state = state
+    return gen
+
+
+def _global_norm(arrays) -> float:
+    return math.sqrt(sum(float(np.dot(a.reshape(-1), a.reshape(-1))) for a in arrays))
+
+
+class Trainer:
+    """Trains ``model`` on ``train_data`` (1-D token ids), evaluating on ``val_data``.
+
+    ``callbacks`` are called as ``cb(trainer, event, info)`` with event "step" (after every step;
+    info has step, loss, lr, grad_norm, tokens_per_s), "eval" (step, val_loss) and "end". A callback
+    may set ``trainer.stop_requested = True``; the loop then ends cleanly after the current step,
+    keeping everything learned so far.
+    """
+
+    def __init__(self, model: Model, train_data, val_data, cfg: TrainConfig = TrainConfig(), tokenizer=None,
+                 run_dir=None, callbacks: Optional[list] = None, progress=True):
+        if not isinstance(cfg, TrainConfig):
+            raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        if cfg.seq_len > model.cfg.max_seq_len:
+            raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
+        self.model = model
+        self.cfg = cfg
+        self.train_data = np.asarray(train_data)
+        self.val_data = None if val_data is None else np.asarray(val_data)
+        if len(self.train_data) < cfg.seq_len + 1:
+            raise ValueError(f"training data has {len(self.train_data)} tokens; seq_len={cfg.seq_len} needs at least "
+                             f"{cfg.seq_len + 1}")
+        self.tokenizer = tokenizer
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.callbacks = list(callbacks or [])
+        self.progress = progress
+        self.optimizer = make_optimizer(model.params, cfg)
+        self.batch_rng = np.random.default_rng([cfg.seed, 2])
+        self.step = 0  # optimisation steps taken
+        self.history = History()
+        self.stop_requested = False
+        self._accum = None
+
+    # ------------------------------------------------------------------ one step
+    def lr_now(self) -> float:
+        c = self.cfg
+        if c.optimizer != "adamw" and c.warmup_steps == 0 and c.min_lr == c.lr:
+            return c.lr
+        return lr_at(self.step, c.lr, c.min_lr, c.warmup_steps, c.lr_decay_steps)
+
+    def _diverged(self, what: str, lr: float, x, y, grads=None):
+        where = ""
+        if self.run_dir is not None:
+            dump = self.run_dir / "diverged"
+            dump.mkdir(parents=True, exist_ok=True)
+            arrays = {f"param/{k}": v for k, v in self.model.params.items()}
+            if grads is not None:
+                arrays.update({f"grad/{k}": v for k, v in grads.items()})
+            np.savez(dump / f"step_{self.step:06d}.npz", x=x, y=y, **arrays)
+            where = f"; parameters, gradients and batch saved to {dump}"
+            last = ckpt.list_checkpoints(self.run_dir)
+            if last:
+                where += f"; last good checkpoint: {last[-1]}"
+        raise TrainingDiverged(f"step {self.step}: {what} (lr {lr:.3g}){where}")
+
+    def train_step(self) -> dict:
+        """One optimisation step over ``grad_accum`` micro-batches. Returns the step's measurements."""
+        c, model = self.cfg, self.model
+        t0 = time.perf_counter()
+        lr = self.lr_now()
+        losses = []
+        if c.grad_accum == 1:
+            x, y = get_batch(self.train_data, c.batch_size, c.seq_len, self.batch_rng)
+            _, loss, acts = model.forward(x, y, train=True)
+            if not math.isfinite(loss):
+                self._diverged(f"loss is {loss}", lr, x, y)
+            grads = model.backward(acts)
+            losses.append(loss)
+        else:
+            if self._accum is None:
+                self._accum = zeros_like_grads(model.params)
+            grads = self._accum
+            for g in grads.values():
+                g.fill(0.0)
+            for _ in range(c.grad_accum):
+                x, y = get_batch(self.train_data, c.batch_size, c.seq_len, self.batch_rng)
+                _, loss, acts = model.forward(x, y, train=True)
+                if not math.isfinite(loss):
+                    self._diverged(f"loss is {loss}", lr, x, y)
+                accumulate(grads, model.backward(acts), 1.0 / c.grad_accum)  # mean over micro-batches
+                losses.append(loss)
+        norm = clip_grad_norm(grads, c.grad_clip)
+        if not math.isfinite(norm):
+            bad = next(k for k, g in grads.items() if not np.all(np.isfinite(g)))
+            self._diverged(f"gradient of {bad} is not finite (global norm {norm})", lr, x, y, grads)
+        log_ratio = self.step % c.log_interval == 0
+        before = {k: p.copy() for k, p in model.params.items()} if log_ratio else None
+        self.optimizer.step(grads, lr=lr)
+        info = dict(step=self.step, loss=float(np.mean(losses)), lr=lr, grad_norm=norm)
+        if before is not None:
+            delta = _global_norm(model.params[k] - before[k] for k in before)
+            info["update_ratio"] = delta / max(_global_norm(before.values()), 1e-30)
+        self.step += 1
+        info["tokens_per_s"] = c.batch_size * c.seq_len * c.grad_accum / (time.perf_counter() - t0)
+        return info
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, data=None, max_batches=None, batch_size=None) -> float:
+        """Mean cross-entropy over every non-overlapping window of ``data`` (default: the validation
+        split), dropout off. ``max_batches`` limits the windows (default: the config's, None = all)."""
+        data = self.val_data if data is None else np.asarray(data)
+        if data is None:
+            raise ValueError("no validation data was given")
+        max_batches = self.cfg.eval_max_batches if max_batches is None else max_batches
+        total, count = 0.0, 0
+        for i, (x, y) in enumerate(eval_batches(data, self.cfg.seq_len, batch_size or 4 * self.cfg.batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            loss = self.model.forward(x, y, train=False)[1]
+            total += loss * x.size  # loss is a mean over the batch's x.size targets
+            count += x.size
+        return total / count
+
+    # ------------------------------------------------------------------ the loop
+    def _emit(self, event, info):
+        for cb in self.callbacks:
+            cb(self, event, info)
+
+    def _record(self, info):
+        h = self.history
+        h.step.append(info["step"])
+        h.train_loss.append(info["loss"])
+        h.lr.append(info["lr"])
+        h.grad_norm.append(info["grad_norm"])
+        h.tokens_per_s.append(info["tokens_per_s"])
+        if "update_ratio" in info:
+            h.ratio_step.append(info["step"])
+            h.update_ratio.append(info["update_ratio"])
+
+    def run_eval(self) -> float:
+        val = self.evaluate()
+        self.history.val_step.append(self.step)
+        self.history.val_loss.append(val)
+        self._emit("eval", dict(step=self.step, val_loss=val))
+        return val
+
+    def train(self, steps: Optional[int] = None) -> History:
+        """Train until ``cfg.steps`` steps in all (or ``steps`` more). Evaluates every
+        ``eval_interval`` steps and at the end, checkpoints every ``checkpoint_interval`` steps and at
+        the end when a run directory was given."""
+        c = self.cfg
+        end = c.steps if steps is None else self.step + steps
+        bar = None
+        if self.progress:
+            if self.progress == "notebook":
+                from tqdm.auto import tqdm
+            else:
+                from tqdm import tqdm
+            bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                       leave=True, mininterval=0.5)
+        self.stop_requested = False
+        try:
+            while self.step < end and not self.stop_requested:
+                info = self.train_step()
+                self._record(info)
+                self._emit("step", info)
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % c.log_interval == 0 or self.step == end:
+                        post = dict(loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.2e}")
+                        if self.history.val_loss:
+                            post["val"] = f"{self.history.val_loss[-1]:.4f}"
+                        bar.set_postfix(post, refresh=False)
+                if self.val_data is not None and self.step % c.eval_interval == 0 and self.step < end:
+                    self.run_eval()
+                if self.run_dir is not None and self.step % c.checkpoint_interval == 0:
+                    self.save()
+            if self.val_data is not None and (not self.history.val_step or self.history.val_step[-1] != self.step):
+                self.run_eval()
+            if self.run_dir is not None:
+                self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+        self._emit("end", dict(step=self.step))
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        """The trainer's own state (everything but parameters and optimizer tensors), JSON-ready."""
+        return dict(step=self.step, batch_rng=self.batch_rng.bit_generator.state,
+                    dropout_rng=self.model.dropout_rng.bit_generator.state, history=self.history.to_dict())
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step into ``run_dir`` (atomically)."""
+        if self.run_dir is None:
+            raise ValueError("this trainer has no run_dir to save into")
+        tok = None if self.tokenizer is None else self.tokenizer.to_dict()
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.model.params, self.optimizer.state_dict(),
+                                    self.model.cfg.to_dict(), self.cfg.to_dict(), tok, self.state())
+
+    @classmethod
+    def resume(cls, run_dir, train_data, val_data, cfg: Optional[TrainConfig] = None, **kwargs) -> "Trainer":
+        """Rebuild a trainer from the latest checkpoint in ``run_dir`` and continue that run.
+
+        ``cfg`` may change settings that do not alter the model (for example ``steps``); by default
+        the checkpoint's training configuration is used.
+        """
+        ck = ckpt.load_checkpoint(run_dir)
+        model = Model(ModelConfig.from_dict(ck.model_cfg), seed=0)
+        model.load_params(ck.params)
+        cfg = cfg or TrainConfig.from_dict(ck.train_cfg)
+        tokenizer = kwargs.pop("tokenizer", None)
+        if tokenizer is None and ck.tokenizer is not None:
+            from .tokenizer import tokenizer_from_dict
+            tokenizer = tokenizer_from_dict(ck.tokenizer)
+        run_dir = kwargs.pop("out_dir", run_dir)
+        trainer = cls(model, train_data, val_data, cfg, tokenizer=tokenizer, run_dir=run_dir, **kwargs)
+        trainer.optimizer.load_state_dict(ck.opt_state)
+        st = ck.trainer_state
+        trainer.step = int(st["step"])
+        trainer.batch_rng = _rng_from_state(st["batch_rng"])
+        model.dropout_rng = _rng_from_state(st["dropout_rng"])
+        trainer.history = History.from_dict(st["history"])
+        return trainer
