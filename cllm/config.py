@@ -72,6 +72,8 @@ class ModelConfig(_Serializable):
     embedding: str = "learned"
     attention_bias: str = "none"
     lattice_features: int = 32  # k, columns of the fixed prime feature map (embedding="lattice")
+    lattice_codes: Optional[tuple] = None  # token id -> positive integer code; None: token i -> (i+1)-th prime
+    lattice_reg: float = 0.0  # lambda of the GCD-similarity regulariser on the embeddings (0: off)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "lattice_features"):
@@ -88,6 +90,16 @@ class ModelConfig(_Serializable):
         if not isinstance(self.tie_weights, bool):
             raise ValueError(f"tie_weights must be True or False, got {self.tie_weights!r}")
         _number(self, "dropout", 0.0, 1.0, hi_open=True)
+        _number(self, "lattice_reg", 0.0)
+        if self.lattice_codes is not None:
+            codes = tuple(self.lattice_codes)
+            if len(codes) != self.vocab_size or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 2 for c in codes):
+                raise ValueError(f"lattice_codes must hold one integer >= 2 per token ({self.vocab_size}), "
+                                 f"got {len(codes)} entries")
+            if len(set(codes)) != len(codes):
+                raise ValueError("lattice_codes must be distinct: two tokens share a code")
+            object.__setattr__(self, "lattice_codes", codes)  # JSON gives a list; keep it hashable
 
     @property
     def head_dim(self) -> int:

@@ -87,7 +87,7 @@ def forward_cached(model: Model, idx_new, cache: KVCache):
     if cfg.attention_bias == "lattice":
         from .lattice.model import lattice_attention_basis
         basis = lattice_attention_basis(model.buffers["lattice.angles"], model.buffers["lattice.freqs"],
-                                        cache.ids[:, start:end], cache.ids[:, :end])  # (B, H, t, end)
+                                        cache.ids[:, start:end], cache.ids[:, :end]).astype(model.dtype)  # (B, H, t, end)
     H = cfg.n_heads
     for l in range(cfg.n_layers):
         p = f"h.{l}."

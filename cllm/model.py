@@ -87,9 +87,11 @@ class Model:
         }
         self.dropout_rng = np.random.default_rng([seed, 1])  # dropout masks, separate from init
         self.buffers: dict[str, np.ndarray] = {}  # fixed (not learned) tensors, e.g. lattice features
-        if cfg.embedding == "lattice" or cfg.attention_bias == "lattice":
-            from .lattice.model import lattice_buffers
+        if cfg.embedding == "lattice" or cfg.attention_bias == "lattice" or cfg.lattice_reg > 0:
+            from .lattice.model import init_lattice_params, lattice_buffers
             self.buffers.update(lattice_buffers(cfg))
+            if cfg.embedding == "lattice":
+                init_lattice_params(self.params, cfg, np.random.default_rng([seed, 3]))
 
     # ------------------------------------------------------------------ bookkeeping
     def num_params(self) -> int:
@@ -165,7 +167,8 @@ class Model:
         basis = None
         if cfg.attention_bias == "lattice":
             from .lattice.model import lattice_attention_basis
-            basis = lattice_attention_basis(self.buffers["lattice.angles"], self.buffers["lattice.freqs"], idx)
+            basis = lattice_attention_basis(self.buffers["lattice.angles"], self.buffers["lattice.freqs"], idx
+                                            ).astype(self.dtype, copy=False)
             acts["lattice.attn_basis"] = basis  # (B, H, T, T)
 
         for l in range(cfg.n_layers):
@@ -204,6 +207,10 @@ class Model:
         loss = None
         if targets is not None:
             loss, acts["probs"] = ops.cross_entropy_forward(logits, targets)
+            if cfg.lattice_reg > 0:  # one objective: what is reported is what is differentiated
+                from .lattice.model import gcd_regulariser
+                reg, _ = gcd_regulariser(wte, self.buffers["lattice.laplacian"], cfg.lattice_reg)
+                loss += reg
             acts.loss = loss
         return logits, loss, acts
 
@@ -258,6 +265,9 @@ class Model:
         else:
             grads["lm_head.weight"] = dhead
         grads["wpe"] = ops.position_backward(demb, cfg.max_seq_len)
+        if cfg.lattice_reg > 0 and acts.targets is not None:
+            from .lattice.model import gcd_regulariser
+            dwte += gcd_regulariser(wte, self.buffers["lattice.laplacian"], cfg.lattice_reg)[1]
         if cfg.embedding == "lattice":
             from .lattice.model import lattice_embedding_backward
             grads["lattice.proj"], grads["wte"] = lattice_embedding_backward(

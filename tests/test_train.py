@@ -1,0 +1,166 @@
+"""The trainer: learning on real text, resume bit for bit, the divergence guard, gradient accumulation."""
+import math
+
+import numpy as np
+import pytest
+
+import cllm
+from cllm.data import builtin_corpus, split
+from cllm.tokenizer import CharTokenizer
+from cllm.train import Trainer, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    text = builtin_corpus()[:60_000]
+    tok = CharTokenizer.fit(text)
+    train, val = split(tok.encode(text), 0.1)
+    return tok, train, val
+
+
+def small(tok, **kw):
+    base = dict(vocab_size=tok.vocab_size, d_model=48, n_layers=2, n_heads=4, d_ff=192, max_seq_len=32)
+    base.update(kw)
+    return cllm.ModelConfig(**base)
+
+
+def unigram_cross_entropy(train, val, V):
+    """Loss of the best model that ignores context: character frequencies of the training split
+    (add-one smoothed), scored on the validation split."""
+    counts = np.bincount(train, minlength=V) + 1.0
+    p = counts / counts.sum()
+    return float(-np.mean(np.log(p[val])))
+
+
+def test_200_steps_learn_beyond_character_frequencies(corpus):
+    """After 200 steps the validation loss must beat the unigram baseline by a clear margin: a model
+    that only learned how often each character occurs cannot get below that baseline, so getting
+    0.25 nats under it means the model uses its context."""
+    tok, train, val = corpus
+    cfg = cllm.TrainConfig(batch_size=8, seq_len=32, steps=200, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+                           lr_decay_steps=200, eval_interval=100, eval_max_batches=None)
+    trainer = Trainer(cllm.Model(small(tok), seed=0), train, val, cfg, progress=False)
+    history = trainer.train()
+    baseline = unigram_cross_entropy(train, val, tok.vocab_size)
+    assert history.val_loss[0] < math.log(tok.vocab_size)
+    assert history.val_loss[-1] < baseline - 0.25, (history.val_loss, baseline)
+    assert len(history.train_loss) == 200 and len(history.val_loss) == 2
+    assert all(np.isfinite(history.grad_norm)) and len(history.update_ratio) == 20
+    assert 0 < np.median(history.update_ratio) < 0.1
+
+
+def _params(trainer):
+    return {k: v.copy() for k, v in trainer.model.params.items()}
+
+
+@pytest.mark.parametrize("accum,dropout", [(1, 0.0), (2, 0.1)])
+def test_resume_is_bit_identical(corpus, tmp_path, accum, dropout):
+    tok, train, val = corpus
+    cfg = cllm.TrainConfig(batch_size=4, seq_len=16, steps=20, eval_interval=5, eval_max_batches=2,
+                           checkpoint_interval=10, warmup_steps=4, lr_decay_steps=20, grad_accum=accum)
+    mcfg = small(tok, d_model=16, n_heads=2, d_ff=32, max_seq_len=16, dropout=dropout)
+
+    straight = Trainer(cllm.Model(mcfg, seed=1), train, val, cfg, tokenizer=tok, run_dir=tmp_path / "a", progress=False)
+    straight.train()
+
+    first = Trainer(cllm.Model(mcfg, seed=1), train, val, cfg, tokenizer=tok, run_dir=tmp_path / "b", progress=False)
+    first.train(steps=10)  # saves a checkpoint at step 10
+    assert first.step == 10
+    resumed = Trainer.resume(tmp_path / "b", train, val, progress=False)
+    assert resumed.step == 10 and resumed.tokenizer == tok
+    resumed.train()
+
+    assert resumed.history.train_loss == straight.history.train_loss
+    assert resumed.history.val_loss == straight.history.val_loss
+    a, b = _params(straight), _params(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    sa, sb = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+def test_non_finite_loss_stops_with_step_tensor_and_lr(corpus, tmp_path):
+    tok, train, val = corpus
+    cfg = cllm.TrainConfig(batch_size=2, seq_len=16, steps=10, checkpoint_interval=3, eval_interval=100)
+    model = cllm.Model(small(tok, d_model=16, n_heads=2, d_ff=32, max_seq_len=16), seed=0)
+    trainer = Trainer(model, train, val, cfg, run_dir=tmp_path, progress=False)
+    trainer.train(steps=3)  # a good checkpoint at step 3
+    model.params["h.0.mlp.c_fc.weight"][0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match=r"step 3: loss is nan \(lr [0-9.e-]+\).*step_000003"):
+        trainer.train()
+    assert (tmp_path / "diverged" / "step_000003.npz").exists()
+    assert cllm.checkpoint.load_checkpoint(tmp_path).step == 3  # the last good checkpoint is kept
+
+
+def test_non_finite_gradient_names_the_tensor(corpus, monkeypatch):
+    tok, train, val = corpus
+    cfg = cllm.TrainConfig(batch_size=2, seq_len=16, steps=5)
+    model = cllm.Model(small(tok, d_model=16, n_heads=2, d_ff=32, max_seq_len=16), seed=0)
+    trainer = Trainer(model, train, val, cfg, progress=False)
+    real = model.backward
+
+    def poisoned(acts):
+        g = real(acts)
+        g["h.1.attn.c_proj.weight"][1, 2] = np.inf
+        return g
+
+    monkeypatch.setattr(model, "backward", poisoned)
+    before = model.params["wte"].copy()
+    with pytest.raises(TrainingDiverged, match=r"step 0: gradient of h\.1\.attn\.c_proj\.weight is not finite"):
+        trainer.train()
+    assert np.array_equal(before, model.params["wte"])  # no update was applied
+
+
+def test_gradient_accumulation_equals_big_batch(corpus):
+    """Two micro-batches of 4 accumulated with weight 1/2 give the gradient of the batch of 8."""
+    tok, train, _ = corpus
+    model = cllm.Model(small(tok, dtype="float64", d_model=16, n_heads=2, d_ff=32, max_seq_len=16), seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, tok.vocab_size, (8, 16))
+    y = rng.integers(0, tok.vocab_size, (8, 16))
+    full = model.backward(model.forward(x, y)[2])
+    acc = cllm.optim.zeros_like_grads(model.params)
+    for s in (slice(0, 4), slice(4, 8)):
+        cllm.optim.accumulate(acc, model.backward(model.forward(x[s], y[s])[2]), 0.5)
+    for k in full:
+        np.testing.assert_allclose(acc[k], full[k], rtol=1e-10, atol=1e-14)
+
+
+def test_callbacks_and_stop(corpus):
+    tok, train, val = corpus
+    cfg = cllm.TrainConfig(batch_size=2, seq_len=16, steps=50, eval_interval=1000)
+    trainer = Trainer(cllm.Model(small(tok, d_model=16, n_heads=2, d_ff=32, max_seq_len=16), 0), train, val, cfg,
+                      progress=False)
+    seen = []
+
+    def cb(tr, event, info):
+        seen.append(event)
+        if event == "step" and info["step"] == 6:
+            tr.stop_requested = True
+
+    trainer.callbacks.append(cb)
+    history = trainer.train()
+    assert trainer.step == 7 and len(history.step) == 7
+    assert seen.count("step") == 7 and seen[-2:] == ["eval", "end"]
+
+
+def test_evaluate_uses_every_window(corpus):
+    tok, _, val = corpus
+    cfg = cllm.TrainConfig(batch_size=3, seq_len=16)
+    model = cllm.Model(small(tok, d_model=16, n_heads=2, d_ff=32, max_seq_len=16), 0)
+    trainer = Trainer(model, val, val, cfg, progress=False)
+    n = (len(val) - 1) // 16
+    x = np.stack([val[i * 16:(i + 1) * 16] for i in range(n)])
+    y = np.stack([val[i * 16 + 1:(i + 1) * 16 + 1] for i in range(n)])
+    expected = model.forward(x, y, train=False)[1]
+    assert abs(trainer.evaluate() - expected) < 1e-5
+
+
+def test_trainer_rejects_bad_setup(corpus):
+    tok, train, val = corpus
+    model = cllm.Model(small(tok), 0)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        Trainer(model, train, val, cllm.TrainConfig(seq_len=64))
+    with pytest.raises(ValueError, match="tokens"):
+        Trainer(model, train[:10], val, cllm.TrainConfig(seq_len=32))
+    with pytest.raises(ValueError, match="lr"):
+        cllm.TrainConfig(lr=0)
