@@ -215,17 +215,21 @@ class Model:
         return logits, loss, acts
 
     # ------------------------------------------------------------------ backward
-    def backward(self, acts: ActivationStore, dlogits=None) -> dict:
+    def backward(self, acts: ActivationStore, dlogits=None, trace=None) -> dict:
         """Gradients of the mean cross-entropy stored in ``acts`` with respect to every parameter.
 
         ``dlogits`` may be given instead (B, T, V) to backpropagate another objective of the logits.
-        Returns a dict with the same keys, shapes and dtype as ``self.params``.
+        Returns a dict with the same keys, shapes and dtype as ``self.params``. With a list as
+        ``trace``, the gradient with respect to each saved activation is appended to it as
+        (buffer name, array) in the order the backward pass computes them (for step-through views).
         """
+        record = trace.append if trace is not None else (lambda item: None)
         cfg, P = self.cfg, self.params
         if dlogits is None:
             if acts.targets is None:
                 raise ValueError("backward needs the targets: call forward(idx, targets) first")
             dlogits = ops.cross_entropy_backward(acts["probs"], acts.targets)  # (B, T, V)
+        record(("logits", dlogits))
         idx = acts.idx
         grads = {}
 
@@ -233,9 +237,11 @@ class Model:
         head = wte if cfg.tie_weights else P["lm_head.weight"]
         dh, dhead_t, _ = ops.linear_backward(dlogits, acts["ln_f.out"], head.T, has_bias=False)  # dW (C, V)
         dhead = dhead_t.T  # (V, C)
+        record(("ln_f.out", dh))
         dx, dlnw, dlnb = ops.layernorm_backward(dh, acts["ln_f.in"], P["ln_f.weight"],
                                                 acts["ln_f.mean"], acts["ln_f.rstd"])  # (B, T, C)
         grads["ln_f.weight"], grads["ln_f.bias"] = dlnw, dlnb
+        record(("ln_f.in", dx))
 
         for l in reversed(range(cfg.n_layers)):
             p = f"h.{l}."
@@ -244,19 +250,25 @@ class Model:
             df = ops.dropout_backward(dbranch, acts.get(p + "mlp.resid_drop"))
             dact, grads[p + "mlp.c_proj.weight"], grads[p + "mlp.c_proj.bias"] = ops.linear_backward(
                 df, acts[p + "mlp.act"], P[p + "mlp.c_proj.weight"])  # (B, T, F)
+            record((p + "mlp.act", dact))
             dpre = ops.activation_backward(dact, acts[p + "mlp.pre"], cfg.activation)  # (B, T, F)
+            record((p + "mlp.pre", dpre))
             dh, grads[p + "mlp.c_fc.weight"], grads[p + "mlp.c_fc.bias"] = ops.linear_backward(
                 dpre, acts[p + "ln_2.out"], P[p + "mlp.c_fc.weight"])  # (B, T, C)
+            record((p + "ln_2.out", dh))
             dxm, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = ops.layernorm_backward(
                 dh, acts[p + "ln_2.in"], P[p + "ln_2.weight"], acts[p + "ln_2.mean"], acts[p + "ln_2.rstd"])
             dx = dx_stream + dxm  # gradient of the stream after attention
+            record((p + "ln_2.in", dx))
             # --- attention branch (x_mid = x_in + drop(a))
             dx_stream, dbranch = ops.residual_backward(dx)
             da = ops.dropout_backward(dbranch, acts.get(p + "attn.resid_drop"))
-            dh = self._attention_backward(l, da, acts, grads)  # (B, T, C)
+            dh = self._attention_backward(l, da, acts, grads, record)  # (B, T, C)
+            record((p + "ln_1.out", dh))
             dxi, grads[p + "ln_1.weight"], grads[p + "ln_1.bias"] = ops.layernorm_backward(
                 dh, acts[p + "ln_1.in"], P[p + "ln_1.weight"], acts[p + "ln_1.mean"], acts[p + "ln_1.rstd"])
             dx = dx_stream + dxi  # gradient of the stream entering block l
+            record((p + "ln_1.in", dx))
 
         demb = ops.dropout_backward(dx, acts.get("emb.drop"))  # (B, T, C)
         dwte = ops.embedding_backward(demb, idx, cfg.vocab_size)  # (V, C)
@@ -291,11 +303,12 @@ class Model:
         acts[p + "attn.y"] = y
         return ops.linear_forward(y, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (B, T, C)
 
-    def _attention_backward(self, l, da, acts, grads):
+    def _attention_backward(self, l, da, acts, grads, record=lambda item: None):
         """Backward of :meth:`_attention_forward`: fills block ``l``'s attention gradients, returns dh."""
         P, p, H = self.params, f"h.{l}.", self.cfg.n_heads
         dy, grads[p + "attn.c_proj.weight"], grads[p + "attn.c_proj.bias"] = ops.linear_backward(
             da, acts[p + "attn.y"], P[p + "attn.c_proj.weight"])  # (B, T, C)
+        record((p + "attn.y", dy))
         want_scores = self.cfg.attention_bias == "lattice"
         out = ops.attention_backward(dy, acts[p + "attn.qkv"], acts[p + "attn.probs"], H,
                                      acts.get(p + "attn.drop"), return_dscores=want_scores)
@@ -304,6 +317,7 @@ class Model:
             grads[p + "attn.lattice_beta"] = np.einsum("bhij,bhij->h", dscores, acts["lattice.attn_basis"])  # (H,)
         else:
             dqkv = out  # (B, T, 3C)
+        record((p + "attn.qkv", dqkv))
         dh, grads[p + "attn.c_attn.weight"], grads[p + "attn.c_attn.bias"] = ops.linear_backward(
             dqkv, acts[p + "ln_1.out"], P[p + "attn.c_attn.weight"])  # (B, T, C)
         return dh

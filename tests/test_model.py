@@ -235,3 +235,19 @@ def test_load_params_validates(rng):
     with pytest.raises(ValueError, match="wte"):
         model.load_params(bad)
     assert list(param_shapes(tiny_config())) == list(model.params)
+
+
+def test_backward_trace_follows_the_store(rng):
+    """The traced gradients are the gradients of the stored activations: same names, same shapes."""
+    cfg = tiny_config()
+    model = perturbed_model(cfg)
+    idx, targets = batch(cfg, rng)
+    _, _, acts = model.forward(idx, targets)
+    trace = []
+    grads = model.backward(acts, trace=trace)
+    names = [n for n, _ in trace]
+    assert names[0] == "logits" and names[-1] == "h.0.ln_1.in"
+    assert all(acts[n].shape == g.shape for n, g in trace)
+    # the trace's gradient of the last LayerNorm input is what the block below receives
+    assert names.index("h.1.ln_1.in") < names.index("h.0.mlp.act")
+    assert list(grads) == list(model.params)
