@@ -184,7 +184,7 @@ def cmd_train(args):
     if args.sample_tokens:
         from .generate import generate
 
-        prompt = tok.encode("\n") if args.tokenizer == "char" or isinstance(tok, CharTokenizer) else ids[:1]
+        prompt = ids[:1]  # the corpus's first token: always in the vocabulary
         sample = generate(model, prompt, args.sample_tokens, temperature=0.8, top_k=None, seed=args.seed)
         print("sample:\n" + tok.decode(sample[0]))
     return 0
@@ -204,7 +204,10 @@ def cmd_generate(args):
     tok = tokenizer_from_dict(ck.tokenizer)
     if args.prompt == "":
         raise UserError("--prompt must not be empty")
-    prompt = tok.encode(args.prompt)
+    try:
+        prompt = tok.encode(args.prompt)
+    except ValueError as exc:
+        raise UserError(f"--prompt: {exc}") from None
     model = Model(ModelConfig.from_dict(ck.model_cfg), seed=0)
     model.load_params(ck.params)
     temperature = 0.0 if args.greedy else args.temperature
