@@ -119,37 +119,13 @@ def atomic_write_text(path, text: str) -> None:
 # helpers
 
 def expected_param_shapes(cfg: Union[ModelConfig, Mapping]) -> dict:
-    """Parameter name -> shape for a ModelConfig (GPT-2 layout, weights stored (in, out)).
+    """Parameter name -> shape for a ModelConfig: the model's own layout, which the loader checks
+    files against."""
+    from .model import param_shapes
 
-    Must agree with ``cllm.model.Model(cfg).params``; the checkpoint loader checks files against it.
-    """
     if isinstance(cfg, Mapping):
         cfg = ModelConfig.from_dict(dict(cfg))
-    V, C, F, T, H = cfg.vocab_size, cfg.d_model, cfg.d_ff, cfg.max_seq_len, cfg.n_heads
-    shapes = {"wte": (V, C), "wpe": (T, C)}
-    if cfg.embedding == "lattice":
-        shapes["lattice.proj"] = (cfg.lattice_features, C)
-    for i in range(cfg.n_layers):
-        h = f"h.{i}."
-        shapes[h + "ln_1.weight"] = (C,)
-        shapes[h + "ln_1.bias"] = (C,)
-        shapes[h + "attn.c_attn.weight"] = (C, 3 * C)
-        shapes[h + "attn.c_attn.bias"] = (3 * C,)
-        shapes[h + "attn.c_proj.weight"] = (C, C)
-        shapes[h + "attn.c_proj.bias"] = (C,)
-        if cfg.attention_bias == "lattice":
-            shapes[h + "attn.lattice_beta"] = (H,)
-        shapes[h + "ln_2.weight"] = (C,)
-        shapes[h + "ln_2.bias"] = (C,)
-        shapes[h + "mlp.c_fc.weight"] = (C, F)
-        shapes[h + "mlp.c_fc.bias"] = (F,)
-        shapes[h + "mlp.c_proj.weight"] = (F, C)
-        shapes[h + "mlp.c_proj.bias"] = (C,)
-    shapes["ln_f.weight"] = (C,)
-    shapes["ln_f.bias"] = (C,)
-    if not cfg.tie_weights:
-        shapes["lm_head.weight"] = (V, C)
-    return shapes
+    return param_shapes(cfg)
 
 
 def generator_from_state(state: Mapping) -> np.random.Generator:

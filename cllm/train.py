@@ -56,12 +56,6 @@ class History:
         return cls(**{k: list(v) for k, v in d.items()})
 
 
-def _rng_from_state(state: dict) -> np.random.Generator:
-    gen = np.random.default_rng()
-    gen.bit_generator.state = state
-    return gen
-
-
 def _global_norm(arrays) -> float:
     return math.sqrt(sum(float(np.dot(a.reshape(-1), a.reshape(-1))) for a in arrays))
 
@@ -277,7 +271,7 @@ class Trainer:
         trainer.optimizer.load_state_dict(ck.opt_state)
         st = ck.trainer_state
         trainer.step = int(st["step"])
-        trainer.batch_rng = _rng_from_state(st["batch_rng"])
-        model.dropout_rng = _rng_from_state(st["dropout_rng"])
+        trainer.batch_rng = ckpt.generator_from_state(st["batch_rng"])
+        model.dropout_rng = ckpt.generator_from_state(st["dropout_rng"])
         trainer.history = History.from_dict(st["history"])
         return trainer
