@@ -1,0 +1,310 @@
+"""The logic behind the hyperparameter explorer (``cllm.widgets.Explorer``), without any widget.
+
+    data = prepare_data()                          # a char-level slice of the built-in corpus, once
+    settings = ExplorerSettings(lr=3e-3, steps=60)
+    model_cfg, train_cfg = settings_to_configs(settings, data.vocab_size)   # ValueError if invalid
+    result = run_training(settings, data)          # synchronous; deterministic given the seed
+    result.final_val_loss, result.sample, result.history
+
+Every value the explorer's controls can take is a field of :class:`ExplorerSettings`; the widget only
+reads its controls into one, and calls :func:`run_training` in a background thread. The same settings
+give the same model, the same batches and so the same losses, whether the run is started by the
+button or by a direct call.
+
+Nothing here imports matplotlib at module import; the render functions import it when called and
+draw on a bare ``matplotlib.figure.Figure`` (no pyplot), which is safe from a background thread.
+"""
+from __future__ import annotations
+
+import io
+import math
+import threading
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .config import INITS, OPTIMIZERS, ModelConfig, TrainConfig
+
+#: the choices of the "init" control: the model's three initialisations, and "lattice", which keeps
+#: GPT-2's init for the weights but builds the token embedding from prime features
+#: (``ModelConfig(embedding="lattice")``)
+EXPLORER_INITS = tuple(INITS) + ("lattice",)
+EXPLORER_OPTIMIZERS = tuple(OPTIMIZERS)
+
+
+@dataclass(frozen=True)
+class ExplorerSettings:
+    """Every value the explorer's controls can set. The defaults train in a few seconds."""
+
+    lr: float = 3e-3
+    n_layers: int = 2
+    n_heads: int = 2
+    d_model: int = 32
+    seq_len: int = 32
+    batch_size: int = 8
+    steps: int = 150
+    optimizer: str = "adamw"
+    init: str = "gpt2"
+    grad_clip: float = 1.0  # 0: no clipping
+    seed: int = 0
+    # not shown as controls; part of the run all the same
+    eval_points: int = 6  # validation evaluations during the run (plus one at the end)
+    eval_max_batches: int = 4  # validation batches (of 4 * batch_size windows) per evaluation
+    sample_tokens: int = 160
+    prompt: str = "The "
+    temperature: float = 0.8
+    dtype: str = "float32"  # "float64" for runs whose printed losses must agree across machines
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "ExplorerSettings":
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        return ExplorerSettings(**{**asdict(self), **changes})
+
+    def label(self) -> str:
+        """A short description for legends and tables."""
+        clip = f"clip {self.grad_clip:g}" if self.grad_clip > 0 else "no clip"
+        return (f"lr {self.lr:.1e} {self.optimizer} {self.init} L{self.n_layers} H{self.n_heads} "
+                f"C{self.d_model} T{self.seq_len} B{self.batch_size} {clip} seed {self.seed}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def settings_to_configs(settings: ExplorerSettings, vocab_size: int):
+    """-> (ModelConfig, TrainConfig) for ``settings``; ValueError with a one-line reason if invalid.
+
+    Choices made here: d_ff = 4 d_model, max_seq_len = seq_len, ``settings.dtype``; AdamW with a short warmup
+    (a tenth of the steps, at most 20) then cosine decay to lr/10 at the last step; SGD and momentum
+    at a constant rate; validation ``eval_points`` times during the run and at the end.
+    """
+    s = settings
+    if not isinstance(s, ExplorerSettings):
+        raise ValueError(f"settings must be an ExplorerSettings, got {type(s).__name__}")
+    for name in ("n_layers", "n_heads", "d_model", "seq_len", "batch_size", "steps", "eval_points",
+                 "eval_max_batches"):
+        v = getattr(s, name)
+        if not _is_int(v) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if s.d_model % s.n_heads:
+        fits = ", ".join(str(h) for h in range(1, min(s.d_model, 16) + 1) if s.d_model % h == 0)
+        raise ValueError(f"d_model ({s.d_model}) must be divisible by the number of heads ({s.n_heads}); "
+                         f"with d_model {s.d_model} use {fits} heads")
+    if not (isinstance(s.lr, (int, float)) and math.isfinite(s.lr) and s.lr > 0):
+        raise ValueError(f"learning rate must be a positive number, got {s.lr!r}")
+    if s.optimizer not in EXPLORER_OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(EXPLORER_OPTIMIZERS)}, got {s.optimizer!r}")
+    if s.init not in EXPLORER_INITS:
+        raise ValueError(f"init must be one of {', '.join(EXPLORER_INITS)}, got {s.init!r}")
+    if not (isinstance(s.grad_clip, (int, float)) and math.isfinite(s.grad_clip) and s.grad_clip >= 0):
+        raise ValueError(f"gradient clipping must be >= 0 (0 switches it off), got {s.grad_clip!r}")
+    if not _is_int(s.seed) or s.seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {s.seed!r}")
+    if not _is_int(s.sample_tokens) or s.sample_tokens < 0:
+        raise ValueError(f"sample_tokens must be a non-negative integer, got {s.sample_tokens!r}")
+    if s.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {s.dtype!r}")
+    lattice = s.init == "lattice"
+    model_cfg = ModelConfig(vocab_size=int(vocab_size), d_model=int(s.d_model), n_layers=int(s.n_layers),
+                            n_heads=int(s.n_heads), d_ff=4 * int(s.d_model), max_seq_len=int(s.seq_len),
+                            dtype=s.dtype, init="gpt2" if lattice else s.init,
+                            embedding="lattice" if lattice else "learned")
+    steps = int(s.steps)
+    adamw = s.optimizer == "adamw"
+    warmup = min(20, steps // 10) if adamw else 0
+    train_cfg = TrainConfig(batch_size=int(s.batch_size), seq_len=int(s.seq_len), steps=steps,
+                            optimizer=s.optimizer, lr=float(s.lr), min_lr=float(s.lr) / 10 if adamw else float(s.lr),
+                            warmup_steps=warmup, lr_decay_steps=steps, grad_clip=float(s.grad_clip),
+                            eval_interval=max(1, steps // int(s.eval_points)),
+                            eval_max_batches=int(s.eval_max_batches), log_interval=10,
+                            checkpoint_interval=steps, seed=int(s.seed))
+    return model_cfg, train_cfg
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class ExplorerData:
+    """A tokenizer and the two token splits the explorer trains and validates on."""
+
+    tokenizer: object
+    train: np.ndarray
+    val: np.ndarray
+    n_chars: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+
+@lru_cache(maxsize=4)
+def prepare_data(n_chars: int = 200_000, val_frac: float = 0.1) -> ExplorerData:
+    """The first ``n_chars`` characters of the built-in corpus, a character tokenizer fitted on them,
+    and a split into the first 90% (training) and the last 10% (validation). Cached: prepared once."""
+    from .data import builtin_corpus, split
+    from .tokenizer import CharTokenizer
+
+    text = builtin_corpus()[:n_chars]
+    tok = CharTokenizer.fit(text)
+    ids = tok.encode(text)
+    train, val = split(ids, val_frac)
+    train.flags.writeable = False  # shared between runs and threads: nobody may change it
+    val.flags.writeable = False
+    return ExplorerData(tok, train, val, len(text))
+
+
+# ---------------------------------------------------------------------------------------- a run
+@dataclass
+class RunResult:
+    """What one run produced. ``stopped`` is true when it was ended early by a stop request."""
+
+    settings: ExplorerSettings
+    history: object  # cllm.train.History
+    final_train_loss: float
+    final_val_loss: float
+    sample: str
+    model: object  # cllm.Model, trained
+    steps_done: int
+    stopped: bool
+    seconds: float = 0.0
+    label: str = ""
+
+    def summary(self) -> dict:
+        return dict(label=self.label, steps=self.steps_done, stopped=self.stopped,
+                    train=round(self.final_train_loss, 4), val=round(self.final_val_loss, 4))
+
+
+def final_train_loss(history, last: int = 10) -> float:
+    """Mean training loss over the last ``last`` steps (one batch's loss alone is noisy)."""
+    losses = history.train_loss[-last:]
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def run_training(settings: ExplorerSettings, data: Optional[ExplorerData] = None,
+                 callbacks: Sequence[Callable] = (), stop_event: Optional[threading.Event] = None,
+                 progress=False) -> RunResult:
+    """Train a model with ``settings`` on ``data`` (default: :func:`prepare_data`) and return the run.
+
+    Deterministic given ``settings.seed``: the initial weights, the batches and the sample all derive
+    from it. ``callbacks`` are Trainer callbacks ``cb(trainer, event, info)`` (events "step", "eval",
+    "end"). Setting ``stop_event`` (a ``threading.Event``) ends the run cleanly after the current step;
+    the model trained so far is kept, evaluated and sampled, and the result says ``stopped=True``.
+    Invalid settings raise ValueError before anything is trained.
+    """
+    import time
+
+    from .generate import generate
+    from .model import Model
+    from .train import Trainer
+
+    data = prepare_data() if data is None else data
+    model_cfg, train_cfg = settings_to_configs(settings, data.vocab_size)
+    t0 = time.perf_counter()
+    model = Model(model_cfg, seed=int(settings.seed))
+
+    def watch_stop(trainer, event, info):  # last, so it sees a stop set by the callbacks before it
+        if stop_event is not None and stop_event.is_set():
+            trainer.stop_requested = True
+
+    trainer = Trainer(model, data.train, data.val, train_cfg, tokenizer=data.tokenizer,
+                      callbacks=[*callbacks, watch_stop], progress=progress)
+    history = trainer.train()  # a stop request ends it after the step in progress (at least one)
+    stopped = trainer.step < train_cfg.steps
+    sample = ""
+    if settings.sample_tokens > 0:
+        prompt = settings.prompt or data.tokenizer.decode(data.val[:1])
+        try:
+            prompt_ids = data.tokenizer.encode(prompt)
+        except ValueError:  # a character outside the vocabulary: start from the validation text
+            prompt_ids = np.asarray(data.val[:4])
+        ids = generate(model, prompt_ids[-model_cfg.max_seq_len:], settings.sample_tokens,
+                       temperature=settings.temperature, seed=int(settings.seed))
+        sample = data.tokenizer.decode(ids[0])
+    return RunResult(settings=settings, history=history, final_train_loss=final_train_loss(history),
+                     final_val_loss=float(history.val_loss[-1]), sample=sample, model=model,
+                     steps_done=trainer.step, stopped=stopped, seconds=time.perf_counter() - t0,
+                     label=settings.label())
+
+
+# ---------------------------------------------------------------------------------------- pictures
+def plot_live(ax, history, title="this run"):
+    """The current run's training loss (thin line) and validation loss (dots) on ``ax``."""
+    if history is not None and history.step:
+        ax.plot(history.step, history.train_loss, lw=0.8, color="tab:blue", alpha=0.8, label="train")
+    if history is not None and history.val_loss:
+        ax.plot(history.val_step, history.val_loss, "o-", ms=4, color="tab:orange", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/char)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(loc="upper right", fontsize=8)
+    return ax
+
+
+def smooth(values, window: int = 10) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or window <= 1:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    n = np.arange(1, v.size + 1)
+    lo = np.maximum(0, n - window)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def plot_runs(ax, runs: Sequence[RunResult], title="runs compared", train_window: int = 10):
+    """Every finished run on one axes: validation loss (solid, dots) and the smoothed training loss
+    (dotted) in the run's colour, labelled ``run k: <settings>``."""
+    for k, run in enumerate(runs, 1):
+        color = f"C{(k - 1) % 10}"
+        h = run.history
+        if h.step:
+            ax.plot(h.step, smooth(h.train_loss, train_window), ":", lw=1, color=color)
+        if h.val_loss:
+            ax.plot(h.val_step, h.val_loss, "o-", ms=3, color=color, label=f"run {k}: {run.label}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (solid), train (dotted)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if runs:
+        ax.legend(loc="upper right", fontsize=7)
+    return ax
+
+
+def figure_png(draw, figsize=(5.5, 3.6), dpi=90) -> bytes:
+    """PNG bytes of a figure drawn by ``draw(ax)``, with matplotlib's Agg canvas and no pyplot (so no
+    global state: safe to call from a training thread)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    draw(ax)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.91)  # fixed: cheaper than tight_layout
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def results_table(runs: Sequence[RunResult]) -> list:
+    """Rows (run number, label, steps, stopped, final train loss, final validation loss)."""
+    return [(k, r.label, r.steps_done, r.stopped, round(r.final_train_loss, 4), round(r.final_val_loss, 4))
+            for k, r in enumerate(runs, 1)]
+
+
+def results_text(runs: Sequence[RunResult]) -> str:
+    """The table of :func:`results_table` as aligned plain text."""
+    lines = [f"{'run':>3}  {'steps':>5}  {'train':>7}  {'val':>7}  settings"]
+    for k, label, steps, stopped, tr, va in results_table(runs):
+        lines.append(f"{k:>3}  {steps:>5}{'*' if stopped else ' '} {tr:>7.4f}  {va:>7.4f}  {label}")
+    if any(r.stopped for r in runs):
+        lines.append("* stopped early")
+    return "\n".join(lines)
