@@ -215,15 +215,19 @@ class Model:
         return logits, loss, acts
 
     # ------------------------------------------------------------------ backward
-    def backward(self, acts: ActivationStore, dlogits=None, trace=None) -> dict:
+    def backward(self, acts: ActivationStore, dlogits=None, trace=None, out=None) -> dict:
         """Gradients of the mean cross-entropy stored in ``acts`` with respect to every parameter.
 
         ``dlogits`` may be given instead (B, T, V) to backpropagate another objective of the logits.
         Returns a dict with the same keys, shapes and dtype as ``self.params``. With a list as
         ``trace``, the gradient with respect to each saved activation is appended to it as
         (buffer name, array) in the order the backward pass computes them (for step-through views).
+        ``out`` (a dict like the returned one, e.g. from :meth:`zeros_like_params`) receives the
+        gradients in place and is returned: the big weight gradients are written straight into it,
+        so a training loop allocates them once instead of every step.
         """
         record = trace.append if trace is not None else (lambda item: None)
+        buf = (lambda name: None) if out is None else out.get
         cfg, P = self.cfg, self.params
         if dlogits is None:
             if acts.targets is None:
@@ -249,12 +253,14 @@ class Model:
             dx_stream, dbranch = ops.residual_backward(dx)
             df = ops.dropout_backward(dbranch, acts.get(p + "mlp.resid_drop"))
             dact, grads[p + "mlp.c_proj.weight"], grads[p + "mlp.c_proj.bias"] = ops.linear_backward(
-                df, acts[p + "mlp.act"], P[p + "mlp.c_proj.weight"])  # (B, T, F)
+                df, acts[p + "mlp.act"], P[p + "mlp.c_proj.weight"],
+                dw=buf(p + "mlp.c_proj.weight"), db=buf(p + "mlp.c_proj.bias"))  # (B, T, F)
             record((p + "mlp.act", dact))
             dpre = ops.activation_backward(dact, acts[p + "mlp.pre"], cfg.activation)  # (B, T, F)
             record((p + "mlp.pre", dpre))
             dh, grads[p + "mlp.c_fc.weight"], grads[p + "mlp.c_fc.bias"] = ops.linear_backward(
-                dpre, acts[p + "ln_2.out"], P[p + "mlp.c_fc.weight"])  # (B, T, C)
+                dpre, acts[p + "ln_2.out"], P[p + "mlp.c_fc.weight"],
+                dw=buf(p + "mlp.c_fc.weight"), db=buf(p + "mlp.c_fc.bias"))  # (B, T, C)
             record((p + "ln_2.out", dh))
             dxm, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = ops.layernorm_backward(
                 dh, acts[p + "ln_2.in"], P[p + "ln_2.weight"], acts[p + "ln_2.mean"], acts[p + "ln_2.rstd"])
@@ -263,7 +269,7 @@ class Model:
             # --- attention branch (x_mid = x_in + drop(a))
             dx_stream, dbranch = ops.residual_backward(dx)
             da = ops.dropout_backward(dbranch, acts.get(p + "attn.resid_drop"))
-            dh = self._attention_backward(l, da, acts, grads, record)  # (B, T, C)
+            dh = self._attention_backward(l, da, acts, grads, record, buf)  # (B, T, C)
             record((p + "ln_1.out", dh))
             dxi, grads[p + "ln_1.weight"], grads[p + "ln_1.bias"] = ops.layernorm_backward(
                 dh, acts[p + "ln_1.in"], P[p + "ln_1.weight"], acts[p + "ln_1.mean"], acts[p + "ln_1.rstd"])
@@ -286,7 +292,12 @@ class Model:
                 dwte, self.buffers["lattice.features"])
         else:
             grads["wte"] = dwte
-        return {k: grads[k] for k in P}  # same order as the parameters
+        if out is None:
+            return {k: grads[k] for k in P}  # same order as the parameters
+        for k in P:  # the small tensors (and any computed elsewhere) are copied into the buffers
+            if grads[k] is not out[k]:
+                np.copyto(out[k], grads[k])
+        return out
 
     # ------------------------------------------------------------------ the attention branch
     def _attention_forward(self, l, h, acts, basis, p_drop, rng):
@@ -303,11 +314,13 @@ class Model:
         acts[p + "attn.y"] = y
         return ops.linear_forward(y, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (B, T, C)
 
-    def _attention_backward(self, l, da, acts, grads, record=lambda item: None):
-        """Backward of :meth:`_attention_forward`: fills block ``l``'s attention gradients, returns dh."""
+    def _attention_backward(self, l, da, acts, grads, record=lambda item: None, buf=lambda name: None):
+        """Backward of :meth:`_attention_forward`: fills block ``l``'s attention gradients, returns dh.
+        ``buf(name)`` gives a preallocated gradient array to write into, or None."""
         P, p, H = self.params, f"h.{l}.", self.cfg.n_heads
         dy, grads[p + "attn.c_proj.weight"], grads[p + "attn.c_proj.bias"] = ops.linear_backward(
-            da, acts[p + "attn.y"], P[p + "attn.c_proj.weight"])  # (B, T, C)
+            da, acts[p + "attn.y"], P[p + "attn.c_proj.weight"],
+            dw=buf(p + "attn.c_proj.weight"), db=buf(p + "attn.c_proj.bias"))  # (B, T, C)
         record((p + "attn.y", dy))
         want_scores = self.cfg.attention_bias == "lattice"
         out = ops.attention_backward(dy, acts[p + "attn.qkv"], acts[p + "attn.probs"], H,
@@ -319,7 +332,8 @@ class Model:
             dqkv = out  # (B, T, 3C)
         record((p + "attn.qkv", dqkv))
         dh, grads[p + "attn.c_attn.weight"], grads[p + "attn.c_attn.bias"] = ops.linear_backward(
-            dqkv, acts[p + "ln_1.out"], P[p + "attn.c_attn.weight"])  # (B, T, C)
+            dqkv, acts[p + "ln_1.out"], P[p + "attn.c_attn.weight"],
+            dw=buf(p + "attn.c_attn.weight"), db=buf(p + "attn.c_attn.bias"))  # (B, T, C)
         return dh
 
     # ------------------------------------------------------------------ convenience

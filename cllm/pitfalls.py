@@ -80,7 +80,7 @@ class DoubledInputAttentionModel(Model):
     def _attention_forward(self, l, h, acts, basis, p_drop, rng):
         return 2.0 * h  # (B, T, C): no queries, no keys, no probabilities
 
-    def _attention_backward(self, l, da, acts, grads, record=lambda item: None):
+    def _attention_backward(self, l, da, acts, grads, record=lambda item: None, buf=lambda name: None):
         p = f"h.{l}."
         for name in ("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias"):
             grads[p + name] = np.zeros_like(self.params[p + name])

@@ -86,11 +86,12 @@ class Trainer:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.callbacks = list(callbacks or [])
         self.progress = progress
-        self.optimizer = make_optimizer(model.params, cfg)
+        self.optimizer = make_optimizer(model.params, cfg, threads=None)  # 2 threads for big models
         self.batch_rng = np.random.default_rng([cfg.seed, 2])
         self.step = 0  # optimisation steps taken
         self.history = History()
         self.stop_requested = False
+        self._grads = None  # gradient buffers, allocated once and reused every step
         self._accum = None
 
     # ------------------------------------------------------------------ one step
@@ -126,11 +127,15 @@ class Trainer:
             _, loss, acts = model.forward(x, y, train=True)
             if not math.isfinite(loss):
                 self._diverged(f"loss is {loss}", lr, x, y)
-            grads = model.backward(acts)
+            if self._grads is None:
+                self._grads = model.zeros_like_params()
+            grads = model.backward(acts, out=self._grads)
+            del acts  # the store is not needed past the backward pass: free it before the update
             losses.append(loss)
         else:
             if self._accum is None:
                 self._accum = zeros_like_grads(model.params)
+                self._grads = model.zeros_like_params()
             grads = self._accum
             for g in grads.values():
                 g.fill(0.0)
@@ -139,7 +144,7 @@ class Trainer:
                 _, loss, acts = model.forward(x, y, train=True)
                 if not math.isfinite(loss):
                     self._diverged(f"loss is {loss}", lr, x, y)
-                accumulate(grads, model.backward(acts), 1.0 / c.grad_accum)  # mean over micro-batches
+                accumulate(grads, model.backward(acts, out=self._grads), 1.0 / c.grad_accum)  # mean
                 losses.append(loss)
         norm = clip_grad_norm(grads, c.grad_clip)
         if not math.isfinite(norm):

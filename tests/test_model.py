@@ -251,3 +251,17 @@ def test_backward_trace_follows_the_store(rng):
     # the trace's gradient of the last LayerNorm input is what the block below receives
     assert names.index("h.1.ln_1.in") < names.index("h.0.mlp.act")
     assert list(grads) == list(model.params)
+
+
+def test_backward_into_preallocated_buffers(rng):
+    for cfg in (tiny_config(), tiny_config(tie_weights=False, embedding="lattice", attention_bias="lattice",
+                                           lattice_features=6)):
+        model = perturbed_model(cfg)
+        idx, targets = batch(cfg, rng)
+        fresh = model.backward(model.forward(idx, targets)[2])
+        out = model.zeros_like_params()
+        ids = {k: id(v) for k, v in out.items()}
+        got = model.backward(model.forward(idx, targets)[2], out=out)
+        assert got is out and all(id(v) == ids[k] for k, v in out.items())
+        for k in fresh:
+            np.testing.assert_array_equal(out[k], fresh[k], err_msg=k)

@@ -98,8 +98,8 @@ def test_non_finite_gradient_names_the_tensor(corpus, monkeypatch):
     trainer = Trainer(model, train, val, cfg, progress=False)
     real = model.backward
 
-    def poisoned(acts):
-        g = real(acts)
+    def poisoned(acts, **kwargs):
+        g = real(acts, **kwargs)
         g["h.1.attn.c_proj.weight"][1, 2] = np.inf
         return g
 

@@ -63,27 +63,39 @@ def attention_forward(qkv, n_heads, bias=None, dropout_p=0.0, rng=None):
 
 def attention_backward(dy, qkv, probs, n_heads, mask=None, return_dscores=False):
     """Return dqkv (B, T, 3C) [and dscores (B, H, T, T), the gradient of the pre-softmax scores,
-    which is also the gradient of any additive bias]."""
+    which is also the gradient of any additive bias].
+
+    The plain chain rule, in the order it is computed below:
+
+        datt    = dy v^T                       dv = att^T dy
+        dscores = p * (datt - rowsum(datt * p))       (softmax backward; masked entries have p = 0)
+        dq      = dscores k / sqrt(hd)         dk = dscores^T q / sqrt(hd)
+
+    Written to allocate little: the softmax backward works in place on ``datt``, the scale is folded
+    into the (fresh) q and k copies, and dq, dk, dv are written straight into the (B, T, 3, H, hd)
+    layout of dqkv instead of being transposed into it afterwards.
+    """
     B, T, C3 = qkv.shape
     C = C3 // 3
     hd = C // n_heads
-    q, k, v = split_heads(qkv, n_heads)  # (B, H, T, hd)
+    q, k, v = split_heads(qkv, n_heads)  # (B, H, T, hd), fresh copies we may modify
     scale = 1.0 / math.sqrt(hd)
-    dy = dy.reshape(B, T, n_heads, hd).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, H, T, hd)
+    q *= scale
+    k *= scale
+    dy = dy.reshape(B, T, n_heads, hd).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, H, T, hd) view
     att = probs if mask is None else probs * mask
+    dqkv = np.empty((B, T, 3, n_heads, hd), dtype=qkv.dtype)  # (B, T, 3, H, hd)
+    dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, H, T, hd) views
+    np.matmul(att.swapaxes(-1, -2), dy, out=dv)  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd)
     datt = dy @ v.swapaxes(-1, -2)  # (B, H, T, hd) @ (B, H, hd, T) -> (B, H, T, T)
-    dv = att.swapaxes(-1, -2) @ dy  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd)
     if mask is not None:
         datt *= mask  # dropout backward
-    # softmax backward: dscores = p * (datt - sum_j datt * p); masked entries have p = 0 -> 0
-    datt -= np.sum(datt * probs, axis=-1, keepdims=True)
-    dscores = datt * probs  # (B, H, T, T)
-    dq = (dscores @ k) * scale  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd)
-    dk = (dscores.swapaxes(-1, -2) @ q) * scale  # (B, H, T, hd)
-    dqkv = np.empty((B, T, 3, n_heads, hd), dtype=qkv.dtype)  # (B, T, 3, H, hd)
-    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
-    dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
-    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+    # softmax backward, in place: dscores = p * (datt - sum_j datt * p)
+    datt -= np.einsum("bhij,bhij->bhi", datt, probs)[..., None]
+    datt *= probs
+    dscores = datt  # (B, H, T, T)
+    np.matmul(dscores, k, out=dq)  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd), k carries the scale
+    np.matmul(dscores.swapaxes(-1, -2), q, out=dk)  # (B, H, T, hd), q carries the scale
     dqkv = dqkv.reshape(B, T, C3)  # (B, T, 3C)
     return (dqkv, dscores) if return_dscores else dqkv
 
