@@ -344,7 +344,7 @@ class StepThroughWidget:
         self.label = W.HTML()
         self.stats = W.HTML()
         self.note = W.HTML()
-        self.heatmap = W.Image(format="png")
+        self.heatmap = W.Image(format="png", layout=W.Layout(width="520px", align_self="flex-start"))  # native size, not stretched
         self.prev_button.on_click(lambda _: self.prev())
         self.next_button.on_click(lambda _: self.next())
         self.slider.observe(self._on_slider, names="value")
