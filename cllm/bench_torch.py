@@ -1,0 +1,437 @@
+"""``python -m cllm bench --compare torch``: cllm next to PyTorch on the CPU, in one process.
+
+For each configuration of :data:`cllm.bench.CONFIGS` the same float32 model (same weights, same batch)
+is trained by cllm (numpy, hand-written backward, chunked AdamW) and by the PyTorch reference in
+``benchmarks/torch_reference.py`` (autograd, ``scaled_dot_product_attention``, fused AdamW). Steps
+alternate A B A B after a warm-up, so background load on a shared machine falls on both alike; the
+forward, backward and optimizer phases are timed separately and medians are reported. Then:
+
+* the same steps with one thread per library, timed in the thread's CPU time (in a subprocess
+  started with OPENBLAS_NUM_THREADS=1): on a shared machine, where other processes take the cores
+  and wall-clock figures swing by several times, this comparison still holds; the share of the CPU
+  that other processes take is measured at the start and the wall-clock verdicts are flagged when
+  it exceeds ``BUSY_LIMIT``;
+* the peak resident memory of a cllm training run of the seed configuration (in a subprocess) against
+  the analytic figure: parameters, gradients and two AdamW moments (4 x params x 4 bytes) plus the
+  activation store (:func:`cllm.activations.activation_bytes`);
+* generation with the KV cache against recomputing the prefix for every new token (256 tokens).
+
+Each measured figure is printed next to its target with "met" or "NOT MET". torch is an optional
+extra: it is imported here, lazily, and nowhere else in the package.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .activations import activation_bytes
+from .bench import CONFIGS, machine_line, step_flops
+from .config import ModelConfig, TrainConfig
+from .model import Model
+from .optim import AdamW
+
+ENABLE = "pip install torch==2.13.0 (CPU wheel) and run from a checkout that has benchmarks/torch_reference.py"
+
+TARGETS = {"seed": dict(ratio=1.3, peak=0.40), "small": dict(ratio=1.2, peak=None)}
+MEMORY_TARGET = 1.3  # peak RSS <= 1.3 x (analytic + interpreter baseline)
+KV_TARGET = 5.0  # KV-cache generation >= 5 x recomputation
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
+
+
+def _load_line() -> str:
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return "unknown"
+
+
+def _busy_by_others(seconds=1.0):
+    """Share of all CPU time that other processes kept busy over ``seconds`` (this process's own CPU
+    time in the window, e.g. BLAS threads still spinning, is subtracted). None where /proc/stat is
+    missing."""
+    import resource
+
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return v[3] + v[4], sum(v[:8]), ru.ru_utime + ru.ru_stime  # idle + iowait, total, own seconds
+
+    try:
+        i0, t0, s0 = read()
+        time.sleep(seconds)
+        i1, t1, s1 = read()
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    total = max(t1 - t0, 1)
+    busy = total - (i1 - i0) - (s1 - s0) * tick
+    return min(max(busy / total, 0.0), 1.0)
+
+
+BUSY_LIMIT = 0.25  # above this share of the cores taken by others, wall-clock verdicts are flagged
+
+
+def _benchmarks_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load_reference():
+    """(torch, TorchGPT, make_torch_adamw) or None, after printing how to enable the comparison."""
+    try:
+        import torch
+    except ImportError:
+        print(f"--compare torch needs PyTorch, which is not installed: {ENABLE}")
+        return None
+    folder = _benchmarks_dir()
+    if not (folder / "torch_reference.py").is_file():
+        print(f"--compare torch needs {folder / 'torch_reference.py'}, which is missing: {ENABLE}")
+        return None
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    from torch_reference import TorchGPT, make_torch_adamw
+
+    return torch, TorchGPT, make_torch_adamw
+
+
+# ---------------------------------------------------------------------------------------------- speed
+def _interleaved(cfg: ModelConfig, B: int, repeats: int, torch, TorchGPT, make_torch_adamw, warmup=2, seed=0,
+                 clock=time.perf_counter):
+    """Median phase times (s) of cllm and torch training steps, taken in turns on the same batch.
+
+    ``clock``: wall time by default; ``time.thread_time`` (CPU time of the calling thread) when both
+    libraries run single-threaded, which other processes on the machine barely disturb."""
+    model = Model(cfg, seed=seed)
+    tc = TrainConfig()
+    hyper = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay)
+    opt = AdamW(model.params, **hyper)
+    tmodel = TorchGPT.from_cllm(model, dtype=torch.float32)  # same weights (copied before any step)
+    topt = make_torch_adamw(tmodel, fused=True, **hyper)
+    rng = np.random.default_rng(seed)
+    T = cfg.max_seq_len
+    x = rng.integers(0, cfg.vocab_size, (B, T))
+    y = rng.integers(0, cfg.vocab_size, (B, T))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    times = {"cllm": {"forward": [], "backward": [], "optimizer": []},
+             "torch": {"forward": [], "backward": [], "optimizer": []}}
+
+    def cllm_step():
+        t0 = clock()
+        _, loss, acts = model.forward(x, y)
+        t1 = clock()
+        grads = model.backward(acts)
+        t2 = clock()
+        opt.step(grads)
+        t3 = clock()
+        return loss, (t1 - t0, t2 - t1, t3 - t2)
+
+    def torch_step():
+        t0 = clock()
+        topt.zero_grad(set_to_none=True)
+        _, loss = tmodel(tx, ty)
+        t1 = clock()
+        loss.backward()
+        t2 = clock()
+        topt.step()
+        t3 = clock()
+        return loss.item(), (t1 - t0, t2 - t1, t3 - t2)
+
+    first = {}
+    for i in range(warmup + repeats):
+        for name, fn in (("cllm", cllm_step), ("torch", torch_step)):
+            loss, phases = fn()
+            if i == 0:
+                first[name] = loss
+            if i >= warmup:
+                for key, dt in zip(("forward", "backward", "optimizer"), phases):
+                    times[name][key].append(dt)
+    out = {}
+    for name, t in times.items():
+        step = np.add(np.add(t["forward"], t["backward"]), t["optimizer"])
+        out[name] = {k: float(np.median(v)) for k, v in t.items()}
+        out[name]["step"] = float(np.median(step))
+    out["first_loss"] = first
+    out["params"] = model.num_params()
+    out["impl"] = topt.cllm_impl
+    return out
+
+
+def _table(r, B, T, flops, peak, indent="  "):
+    """Print the phase table of one configuration; return (tokens/s, fraction of peak) per implementation."""
+    print(f"{indent}{'':<6} {'forward':>9} {'backward':>9} {'AdamW':>8} {'step':>9} {'tokens/s':>9} {'GFLOP/s':>8} "
+          f"{'of peak':>7}")
+    tps, frac = {}, {}
+    for impl in ("cllm", "torch"):
+        t = r[impl]
+        tps[impl] = B * T / t["step"]
+        achieved = flops / t["step"] / 1e9
+        frac[impl] = achieved / peak
+        print(f"{indent}{impl:<6} {t['forward'] * 1e3:>7.1f}ms {t['backward'] * 1e3:>7.1f}ms {t['optimizer'] * 1e3:>6.1f}ms "
+              f"{t['step'] * 1e3:>7.1f}ms {tps[impl]:>9,.0f} {achieved:>8.1f} {frac[impl]:>7.0%}")
+    return tps, frac
+
+
+def _speed(configs, repeats, peak, torch, TorchGPT, make_torch_adamw, flag="") -> list:
+    """Wall-clock comparison per configuration; ``flag`` is appended to every verdict (a busy machine)."""
+    verdicts = []
+    for name in configs:
+        cfg, B = CONFIGS[name]
+        T = cfg.max_seq_len
+        r = _interleaved(cfg, B, repeats, torch, TorchGPT, make_torch_adamw)
+        flops = step_flops(cfg, B, T)
+        print(f"\n[{name}] vocab {cfg.vocab_size}, d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
+              f"d_ff {cfg.d_ff}, B x T = {B} x {T}, {r['params']:,} params, {flops / 1e9:.2f} GFLOP/step")
+        print(f"  first-step loss: cllm {r['first_loss']['cllm']:.6f}  torch {r['first_loss']['torch']:.6f} "
+              f"(same weights and batch)")
+        tps, frac = _table(r, B, T, flops, peak)
+        ratio = tps["cllm"] / tps["torch"]
+        tgt = TARGETS.get(name, {})
+        line = f"  cllm / torch tokens/s: {ratio:.3f}x"
+        if tgt.get("ratio"):
+            ok = ratio >= tgt["ratio"]
+            verdicts.append(ok)
+            line += f"   target >= {tgt['ratio']}x: {_verdict(ok)}{flag}"
+        print(line)
+        if tgt.get("peak"):
+            ok = frac["cllm"] >= tgt["peak"]
+            verdicts.append(ok)
+            print(f"  cllm fraction of peak: {frac['cllm']:.0%}   target >= {tgt['peak']:.0%}: {_verdict(ok)}{flag}")
+        print(f"  (wall time, both libraries on all cores; torch: autograd, scaled_dot_product_attention, AdamW "
+              f"{r['impl']}; medians of {repeats} interleaved steps after 2 warm-up steps each)")
+    return verdicts
+
+
+def _single_thread_child(configs, repeats) -> dict:
+    """In a child started with one BLAS/OpenMP thread: thread-CPU-time medians per configuration."""
+    loaded = _load_reference()
+    if loaded is None:
+        return {}
+    torch, TorchGPT, make_torch_adamw = loaded
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1024, 1024), dtype=np.float32)
+    b = rng.standard_normal((1024, 1024), dtype=np.float32)
+    a @ b
+    best = min(_cpu_seconds(lambda: a @ b) for _ in range(7))
+    out = {"peak": 2 * 1024**3 / best / 1e9, "configs": {}}
+    for name in configs:
+        cfg, B = CONFIGS[name]
+        out["configs"][name] = _interleaved(cfg, B, repeats, torch, TorchGPT, make_torch_adamw, clock=time.thread_time)
+    return out
+
+
+def _cpu_seconds(fn) -> float:
+    t = time.thread_time()
+    fn()
+    return time.thread_time() - t
+
+
+def _single_thread(configs, repeats) -> None:
+    """The same interleaved steps with one thread per library, timed in thread CPU time (a subprocess,
+    because the BLAS thread count is fixed when numpy loads). Informative only: no target applies."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    cmd = [sys.executable, "-m", "cllm.bench_torch", "--single-thread", str(repeats), *configs]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=1800)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        print(f"\n[one thread each] the subprocess failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+        return
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak1 = res["peak"]
+    print(f"\n[one thread each, CPU time] cllm (OPENBLAS_NUM_THREADS=1) and torch (set_num_threads(1)) timed by "
+          f"the thread's CPU time, which other processes barely disturb; 1024^3 matmul on one core: "
+          f"{peak1:.1f} GFLOP/s (the 'of peak' below). Informative; the targets above are judged on wall time.")
+    for name, r in res["configs"].items():
+        cfg, B = CONFIGS[name]
+        T = cfg.max_seq_len
+        print(f"  [{name}]")
+        tps, _ = _table(r, B, T, step_flops(cfg, B, T), peak1, indent="    ")
+        print(f"    cllm / torch tokens/s: {tps['cllm'] / tps['torch']:.3f}x")
+
+
+# ---------------------------------------------------------------------------------------------- memory
+_MEMORY_SCRIPT = r"""
+import json, resource, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import cllm
+from cllm.bench import CONFIGS
+from cllm.config import TrainConfig
+from cllm.model import Model
+from cllm.optim import AdamW
+
+def hwm():
+    # Peak RSS of this process's memory map. ru_maxrss is the same figure, except that Linux carries the
+    # parent's RSS at fork time over into a child's ru_maxrss; /proc/self/status VmHWM starts afresh.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+def maxrss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+base, base_ru = hwm(), maxrss()
+cfg, B = CONFIGS["seed"]
+T = cfg.max_seq_len
+model = Model(cfg, seed=0)
+tc = TrainConfig()
+opt = AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay)
+rng = np.random.default_rng(0)
+
+def step():  # as cllm.train.Trainer.train_step: the store and the gradients die with the call
+    x = rng.integers(0, cfg.vocab_size, (B, T))
+    y = rng.integers(0, cfg.vocab_size, (B, T))
+    _, loss, acts = model.forward(x, y)
+    grads = model.backward(acts)
+    opt.step(grads)
+    return loss
+
+for _ in range({steps}):
+    step()
+print(json.dumps(dict(base=base, peak=hwm(), base_ru=base_ru, peak_ru=maxrss(), params=model.num_params())))
+"""
+
+
+def _measure_memory(steps=4):
+    """Run the seed configuration's training in a fresh interpreter; its RSS figures (bytes) or an error."""
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT.format(root=root, steps=steps)],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "steps": steps}
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r["steps"] = steps
+    if r["base"] is None:  # no /proc: fall back to ru_maxrss
+        r["base"], r["peak"] = r["base_ru"], r["peak_ru"]
+        r["source"] = "ru_maxrss"
+    else:
+        r["source"] = "VmHWM"
+    return r
+
+
+def _memory_report(r) -> bool:
+    cfg, B = CONFIGS["seed"]
+    T = cfg.max_seq_len
+    steps = r["steps"]
+    if "error" in r:
+        print(f"\n[memory] the subprocess failed: {r['error']}")
+        return False
+    n = r["params"]
+    itemsize = np.dtype(cfg.dtype).itemsize
+    state = 4 * n * itemsize  # parameters + gradients + AdamW m and v
+    acts = activation_bytes(B, T, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.vocab_size, cfg.d_ff, itemsize=itemsize)
+    analytic = state + acts
+    used = r["peak"] - r["base"]
+    mb = 1 / 2**20
+    total_ratio = r["peak"] / (analytic + r["base"])
+    ok = total_ratio <= MEMORY_TARGET
+    print(f"\n[memory] cllm training run of the seed configuration (B x T = {B} x {T}), {steps} steps, in a fresh "
+          f"subprocess; peak RSS from {r['source']}")
+    print(f"  interpreter baseline (python + numpy + cllm imported): {r['base'] * mb:8.1f} MiB")
+    print(f"  analytic: 4 x {n:,} params x {itemsize} B = {state * mb:.1f} MiB  + activation store "
+          f"{acts * mb:.1f} MiB = {analytic * mb:8.1f} MiB")
+    print(f"  measured peak - baseline:                              {used * mb:8.1f} MiB   "
+          f"= {used / analytic:.2f} x analytic")
+    print(f"  measured peak {r['peak'] * mb:.1f} MiB vs analytic + baseline {(analytic + r['base']) * mb:.1f} MiB: "
+          f"{total_ratio:.2f}x   target <= {MEMORY_TARGET}x: {_verdict(ok)}")
+    if r.get("peak_ru") and r["source"] == "VmHWM":
+        same = r["base_ru"] <= 1.05 * r["base"]
+        print(f"  getrusage ru_maxrss: baseline {r['base_ru'] * mb:.1f} MiB, peak {r['peak_ru'] * mb:.1f} MiB ("
+              + ("agrees)" if same else "its baseline includes the parent's RSS, which Linux carries into a child)"))
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+def _kv_cache(n_new=256, repeats=3, flag="") -> bool:
+    """Greedy generation of ``n_new`` tokens with and without the KV cache; cached runs ``repeats`` times
+    (median), the slow recomputation once, in the middle."""
+    from .generate import generate
+
+    base, _ = CONFIGS["small"]
+    cfg = ModelConfig(**{**base.to_dict(), "max_seq_len": n_new})
+    model = Model(cfg, seed=0)
+    prompt = np.array([0])
+    times = {True: [], False: []}
+    outs = {}
+    generate(model, prompt, 8, temperature=0, use_cache=True)  # warm-up
+    for use_cache in [True, False] + [True] * (repeats - 1):
+        t0 = time.perf_counter()
+        outs[use_cache] = generate(model, prompt, n_new, temperature=0, use_cache=use_cache)
+        times[use_cache].append(time.perf_counter() - t0)
+    cached, plain = float(np.median(times[True])), float(np.median(times[False]))
+    same = np.array_equal(outs[True], outs[False])
+    ratio = plain / cached
+    ok = ratio >= KV_TARGET
+    print(f"\n[generation] small configuration with max_seq_len {n_new}, {n_new} new tokens from a 1-token prompt, "
+          f"greedy (cached: median of {repeats} runs; recomputed: one run)")
+    print(f"  KV cache:            {cached * 1e3:8.1f} ms  {n_new / cached:9,.0f} tokens/s")
+    print(f"  recompute the prefix:{plain * 1e3:8.1f} ms  {n_new / plain:9,.0f} tokens/s")
+    print(f"  speed-up {ratio:.1f}x   target >= {KV_TARGET:.0f}x: {_verdict(ok)}{flag}   "
+          f"(same tokens: {'yes' if same else 'NO'})")
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def compare_torch(repeats=20, configs=("seed", "small"), peak=None) -> int:
+    """Print the comparison; return 0 when it ran (whatever the verdicts), 2 when torch or the reference
+    is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or not (_benchmarks_dir() / "torch_reference.py").is_file():
+        _load_reference()  # prints the one line that says what is missing
+        return 2
+    # memory first, while this process is still small (a child starts from its parent's footprint)
+    memory = _measure_memory()
+    loaded = _load_reference()
+    if loaded is None:
+        return 2
+    torch, TorchGPT, make_torch_adamw = loaded
+    if peak is None:
+        from .bench import matmul_peak
+
+        peak = matmul_peak()
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    busy = _busy_by_others()
+    print(f"\ncllm vs PyTorch {torch.__version__} on the CPU ({machine_line()})")
+    print(f"torch threads {torch.get_num_threads()}; load average at start (1, 5, 15 min): {_load_line()}; "
+          f"CPU taken by other processes over 1 s: " + ("unknown" if busy is None else f"{busy:.0%}"))
+    flag = ""
+    if busy is not None and busy > BUSY_LIMIT:
+        flag = " (machine busy: unreliable)"
+        print(f"WARNING: other processes use {busy:.0%} of the {threads} cores. Both libraries then wait on "
+              f"descheduled threads (torch's OpenMP barriers suffer most), so wall-clock figures and the "
+              f"speed verdicts below can be off by several times in either direction; the one-thread "
+              f"CPU-time table is the comparison that holds.")
+    verdicts = _speed(configs, repeats, peak, torch, TorchGPT, make_torch_adamw, flag)
+    _single_thread(configs, repeats)
+    verdicts.append(_memory_report(memory))
+    verdicts.append(_kv_cache(flag=flag))
+    busy_end = _busy_by_others()
+    print(f"\n{sum(verdicts)} of {len(verdicts)} targets met{' (speed verdicts flagged unreliable)' if flag else ''}; "
+          f"load average at end: {_load_line()}; CPU taken by other processes: "
+          + ("unknown" if busy_end is None else f"{busy_end:.0%}"))
+    return 0
+
+
+if __name__ == "__main__":  # the single-thread child of _single_thread
+    if len(sys.argv) >= 3 and sys.argv[1] == "--single-thread":
+        print(json.dumps(_single_thread_child(sys.argv[3:], int(sys.argv[2]))))
+    else:
+        sys.exit("usage: python -m cllm.bench_torch --single-thread REPEATS CONFIG...  (internal; "
+                 "use python -m cllm bench --compare torch)")
