@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from .allocator import tune_allocator
 from .config import ModelConfig, TrainConfig
 from .model import Model
 from .optim import AdamW
@@ -54,7 +55,8 @@ def time_training_step(cfg: ModelConfig, B: int, repeats: int, seed=0):
     """Median seconds of forward, backward and AdamW over ``repeats`` steps (after one warm-up)."""
     model = Model(cfg, seed=seed)
     tc = TrainConfig()
-    opt = AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    opt = AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, threads=None)
+    grads = model.zeros_like_params()  # reused every step, as in the trainer
     rng = np.random.default_rng(seed)
     T = cfg.max_seq_len
     x = rng.integers(0, cfg.vocab_size, (B, T))
@@ -64,7 +66,8 @@ def time_training_step(cfg: ModelConfig, B: int, repeats: int, seed=0):
         t0 = time.perf_counter()
         _, loss, acts = model.forward(x, y)
         t1 = time.perf_counter()
-        grads = model.backward(acts)
+        model.backward(acts, out=grads)
+        del acts
         t2 = time.perf_counter()
         opt.step(grads)
         t3 = time.perf_counter()
@@ -93,6 +96,7 @@ def machine_line() -> str:
 
 
 def run_bench(repeats=20, configs=("seed", "small"), compare=None) -> int:
+    tune_allocator()  # as the trainer does (see cllm/allocator.py); applies to both libraries alike
     print(f"machine: {machine_line()}")
     peak = matmul_peak()
     print(f"float32 matmul 2048 x 2048: {peak:.1f} GFLOP/s (the peak every ratio below is taken against)")

@@ -113,7 +113,10 @@ def _interleaved(cfg: ModelConfig, B: int, repeats: int, torch, TorchGPT, make_t
     model = Model(cfg, seed=seed)
     tc = TrainConfig()
     hyper = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay)
-    opt = AdamW(model.params, **hyper)
+    # as the trainer runs: AdamW on every core for wall-clock timing (one thread for CPU time),
+    # gradients written into buffers allocated once
+    opt = AdamW(model.params, **hyper, threads=None if clock is time.perf_counter else 1)
+    grads = model.zeros_like_params()
     tmodel = TorchGPT.from_cllm(model, dtype=torch.float32)  # same weights (copied before any step)
     topt = make_torch_adamw(tmodel, fused=True, **hyper)
     rng = np.random.default_rng(seed)
@@ -128,7 +131,8 @@ def _interleaved(cfg: ModelConfig, B: int, repeats: int, torch, TorchGPT, make_t
         t0 = clock()
         _, loss, acts = model.forward(x, y)
         t1 = clock()
-        grads = model.backward(acts)
+        model.backward(acts, out=grads)
+        del acts
         t2 = clock()
         opt.step(grads)
         t3 = clock()
@@ -269,6 +273,7 @@ from cllm.bench import CONFIGS
 from cllm.config import TrainConfig
 from cllm.model import Model
 from cllm.optim import AdamW
+from cllm.allocator import tune_allocator
 
 def hwm():
     # Peak RSS of this process's memory map. ru_maxrss is the same figure, except that Linux carries the
@@ -291,13 +296,16 @@ T = cfg.max_seq_len
 model = Model(cfg, seed=0)
 tc = TrainConfig()
 opt = AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay)
+grads = model.zeros_like_params()  # allocated once, as in the trainer
+tune_allocator()
 rng = np.random.default_rng(0)
 
 def step():  # as cllm.train.Trainer.train_step: the store and the gradients die with the call
     x = rng.integers(0, cfg.vocab_size, (B, T))
     y = rng.integers(0, cfg.vocab_size, (B, T))
     _, loss, acts = model.forward(x, y)
-    grads = model.backward(acts)
+    model.backward(acts, out=grads)
+    del acts
     opt.step(grads)
     return loss
 

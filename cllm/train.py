@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import checkpoint as ckpt
+from .allocator import tune_allocator
 from .config import ModelConfig, TrainConfig
 from .data import eval_batches, get_batch
 from .model import Model
@@ -87,6 +88,7 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.progress = progress
         self.optimizer = make_optimizer(model.params, cfg, threads=None)  # 2 threads for big models
+        tune_allocator()  # reuse freed pages across steps (see cllm/allocator.py)
         self.batch_rng = np.random.default_rng([cfg.seed, 2])
         self.step = 0  # optimisation steps taken
         self.history = History()
