@@ -9,17 +9,25 @@ linear layers; this op is the part between them:
     y       = probs v, heads merged back               (B, T, C)
 """
 import math
+from functools import lru_cache
 
 import numpy as np
 
 from .softmax import softmax_forward
 
 
-def causal_mask(T, dtype=np.float64):
-    """Additive mask (T, T): 0 where key j <= query i, -inf where j > i (the future)."""
+@lru_cache(maxsize=32)
+def _causal_mask(T, dtype):
     mask = np.zeros((T, T), dtype=dtype)
     mask[np.triu_indices(T, k=1)] = -np.inf
+    mask.setflags(write=False)  # shared between calls: read-only
     return mask
+
+
+def causal_mask(T, dtype=np.float64):
+    """Additive mask (T, T): 0 where key j <= query i, -inf where j > i (the future). Built once per
+    (T, dtype) and shared (read-only)."""
+    return _causal_mask(int(T), np.dtype(dtype))
 
 
 def split_heads(qkv, n_heads):
@@ -44,13 +52,13 @@ def attention_forward(qkv, n_heads, bias=None, dropout_p=0.0, rng=None):
     backward pass; dropout, when on, acts on the probabilities (as in GPT-2).
     """
     B, T, C3 = qkv.shape
-    q, k, v = split_heads(qkv, n_heads)  # (B, H, T, hd) each
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = (q * scale) @ k.swapaxes(-1, -2)  # (B, H, T, hd) @ (B, H, hd, T) -> (B, H, T, T)
+    q, k, v = split_heads(qkv, n_heads)  # (B, H, T, hd) each, fresh copies
+    q *= 1.0 / math.sqrt(q.shape[-1])  # scale the queries (B H T hd values) rather than the scores
+    scores = q @ k.swapaxes(-1, -2)  # (B, H, T, hd) @ (B, H, hd, T) -> (B, H, T, T)
     if bias is not None:
         scores += bias
     scores += causal_mask(T, scores.dtype)  # future positions -> -inf
-    probs = softmax_forward(scores)  # (B, H, T, T), each row sums to 1
+    probs = softmax_forward(scores, out=scores)  # (B, H, T, T), each row sums to 1 (in place)
     mask = None
     att = probs
     if dropout_p > 0.0:

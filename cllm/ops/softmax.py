@@ -2,12 +2,13 @@
 import numpy as np
 
 
-def softmax_forward(x, axis=-1):
+def softmax_forward(x, axis=-1, out=None):
     """exp(x - max) / sum(exp(x - max)): subtracting the row max keeps every exp in (0, 1].
 
-    Entries equal to -inf (masked) get probability exactly 0.
+    Entries equal to -inf (masked) get probability exactly 0. ``out`` (may be ``x`` itself) receives
+    the result instead of a new array.
     """
-    z = x - x.max(axis=axis, keepdims=True)
+    z = np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
     np.exp(z, out=z)
     z /= z.sum(axis=axis, keepdims=True)
     return z
