@@ -554,6 +554,7 @@ def test_explorer_trains_from_the_browser(lab):
             nb.fail(f"the explorer shows final validation loss {shown:.4f}, but run_training with lr "
                     f"{EXPLORER_LR:g} and {EXPLORER_STEPS} steps gives {direct.final_val_loss:.4f}")
 
+        assert len(seen) >= 2 and abs(direct.final_val_loss - shown) <= 1e-4  # (each already checked above)
         nb.screenshot(nb.widget("cllm-explorer", "explorer"), "screenshot_explorer.png")
         print(f"explorer: run all {nb.run_seconds:.1f} s; loss shown {shown:.4f}, direct "
               f"{direct.final_val_loss:.4f}; {len(seen) - 1} distinct curve image(s) after the blank one")
@@ -623,6 +624,7 @@ def test_step_through_walks_forward_then_backward(lab):
         expect(len(st) - 1, f"typing {len(st) - 1} into the slider's readout")
         if nxt.is_enabled():
             nb.fail("at the last step the Next button should be disabled")
+        assert shown["position"] == len(st) - 1
         print(f"step-through: run all {nb.run_seconds:.1f} s; walked {len(st)} steps' labels in order")
     finally:
         nb.close()
