@@ -96,6 +96,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); give it a normal data file's mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

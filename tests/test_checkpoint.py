@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cllm.checkpoint import (Checkpoint, CheckpointError, expected_param_shapes, generator_from_state, list_checkpoints,
-                             load_checkpoint, save_checkpoint)
+                             atomic_write_text, load_checkpoint, save_checkpoint)
 from cllm.config import ModelConfig, TrainConfig
 from cllm.optim import AdamW
 from cllm.tokenizer import CharTokenizer, tokenizer_from_dict
@@ -285,3 +285,11 @@ def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path, point):
     save(run, 3, seed=3)  # the next save works and clears the debris
     assert load_checkpoint(run).step == 3
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_atomic_writes_leave_readable_files(tmp_path):
+    """The temporary file is private while it is written; the result has a normal file's mode."""
+    target = tmp_path / "note.txt"
+    atomic_write_text(target, "hello")
+    assert target.read_text() == "hello"
+    assert target.stat().st_mode & 0o777 == 0o644
