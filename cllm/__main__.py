@@ -126,10 +126,15 @@ def cmd_train(args):
     else:
         tok = CharTokenizer.fit(text) if args.tokenizer == "char" else WordTokenizer.fit(text)
         ids = tok.encode(text)
+        codes = None
+        if args.embedding == "lattice" or args.attention_bias == "lattice":
+            from .lattice.model import tokenizer_codes
+            codes = tokenizer_codes(tok, split(ids, 0.1)[0])  # primes by training-split frequency
         model_cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
                                 n_heads=args.n_heads, d_ff=args.d_ff, max_seq_len=args.seq_len, dtype=args.dtype,
                                 activation=args.activation, tie_weights=not args.untied, dropout=args.dropout,
-                                init=args.init, embedding=args.embedding, attention_bias=args.attention_bias)
+                                init=args.init, embedding=args.embedding, attention_bias=args.attention_bias,
+                                lattice_codes=codes)
         train_cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
                                 optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr,
                                 warmup_steps=args.warmup_steps, lr_decay_steps=args.lr_decay_steps or args.steps,

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +57,6 @@ VARIANTS = {
 }
 CONTROL = "random-F"
 BASELINE = "learned"
-_WORD = re.compile(r"[^\W\d]+")   # the word branch of the word tokenizer's pattern
 
 
 # ----------------------------------------------------------------------------------------- the data
@@ -74,36 +72,10 @@ class Level:
     description: str
 
 
-def word_lattice_codes(vocab, train_ids) -> tuple:
-    """A distinct integer code >= 2 for every token of a word vocabulary (``vocab[0]`` is ``<unk>``).
-
-    Word tokens (runs of letters / underscores) get composite codes ``p_stem * p_affix`` from
-    :func:`cllm.lattice.codes.build_codebook`, stems ranked by their training-split counts. Every other
-    token (whitespace runs, punctuation, numbers, ``<unk>``) gets a prime of its own, taken after all the
-    primes the words use and assigned by training frequency (ties by id). A prime is never a product of
-    two primes, so all codes are distinct, and these tokens share no factor with anything else.
-    """
-    from .lattice.codes import AFFIX_CLASSES, build_codebook
-    from .lattice.primes import first_primes
-
-    V = len(vocab)
-    counts = np.bincount(np.asarray(train_ids).reshape(-1), minlength=V)
-    is_word = np.array([i > 0 and _WORD.fullmatch(t) is not None for i, t in enumerate(vocab)])
-    word_ids = np.flatnonzero(is_word)
-    book = build_codebook([vocab[i] for i in word_ids], [int(counts[i]) for i in word_ids])
-    codes = np.zeros(V, dtype=np.int64)
-    codes[word_ids] = [book.codes[vocab[i]] for i in word_ids]
-    other = np.flatnonzero(~is_word)
-    other = other[np.lexsort((other, -counts[other]))]                   # by descending count, then id
-    used = len(AFFIX_CLASSES) + len(book.stem_prime)
-    codes[other] = first_primes(used + len(other))[used:]
-    return tuple(int(c) for c in codes)
-
-
 def prepare_levels(text: Optional[str] = None, levels=LEVELS, max_vocab: int = WORD_MAX_VOCAB) -> dict:
     """Tokenise ``text`` (default: the built-in corpus) per level -> ``{name: Level}`` (90/10 split)."""
     from .data import builtin_corpus, split
-    from .lattice.model import frequency_rank_codes
+    from .lattice.model import frequency_rank_codes, word_lattice_codes
     from .tokenizer import CharTokenizer, WordTokenizer
 
     text = builtin_corpus() if text is None else text

@@ -128,3 +128,17 @@ def test_real_process_exit_status_and_single_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_lattice_run_gets_frequency_rank_codes(capsys, tmp_path, text_file):
+    out_dir = tmp_path / "lat"
+    code, _, err = run(capsys, ["train", "--data", str(text_file), "--steps", "2", "--out", str(out_dir),
+                                "--embedding", "lattice", "--attention-bias", "lattice"] + TINY)
+    assert code == 0, err
+    from cllm.checkpoint import load_checkpoint
+    from cllm.tokenizer import tokenizer_from_dict
+    ck = load_checkpoint(out_dir)
+    tok = tokenizer_from_dict(ck.tokenizer)
+    codes = ck.model_cfg["lattice_codes"]
+    assert codes[int(tok.encode(" ")[0])] == 2  # the space is the most frequent character: the first prime
+    assert sorted(codes)[:3] == [2, 3, 5] and len(set(codes)) == tok.vocab_size

@@ -8,6 +8,7 @@ import pytest
 
 from cllm import experiments as ex
 from cllm.data import builtin_corpus
+from cllm.lattice.model import word_lattice_codes
 from cllm.lattice.similarity import gcd_similarity_matrix
 
 TINY_MODEL = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32)
@@ -82,7 +83,7 @@ def test_files_written(tiny_run):
 def test_word_codes_distinct_and_composite():
     vocab = ["<unk>", " ", ".", "walk", "walked", "walking", "jumped", "42", "cat"]
     train = np.array([1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 3, 1])
-    codes = np.array(ex.word_lattice_codes(vocab, train))
+    codes = np.array(word_lattice_codes(vocab, train))
     assert len(set(codes.tolist())) == len(codes) and codes.min() >= 2
     S = gcd_similarity_matrix(codes)
     v = vocab.index
@@ -97,7 +98,7 @@ def test_word_codes_distinct_and_composite():
 
     text = builtin_corpus()[:20000]
     tok = WordTokenizer.fit(text, max_vocab=200)
-    codes = ex.word_lattice_codes(tok.vocab, tok.encode(text))
+    codes = word_lattice_codes(tok.vocab, tok.encode(text))
     assert len(set(codes)) == len(codes) == 200 and min(codes) >= 2
 
 

@@ -22,9 +22,12 @@ codes; with L = D - S the graph Laplacian this is 2 lambda tr(E^T L E), gradient
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 MODULUS = 12  # clock positions for the attention angle
+_WORD_TOKEN = re.compile(r"[^\W\d]+")  # the word branch of the word tokenizer's pattern
 
 
 def token_codes(cfg) -> np.ndarray:
@@ -45,6 +48,40 @@ def frequency_rank_codes(train_ids, vocab_size) -> tuple:
     codes = np.empty(vocab_size, dtype=np.int64)
     codes[order] = first_primes(vocab_size)
     return tuple(int(c) for c in codes)
+
+
+def word_lattice_codes(vocab, train_ids) -> tuple:
+    """A distinct integer code >= 2 for every token of a word vocabulary (``vocab[0]`` is ``<unk>``).
+
+    Word tokens (runs of letters / underscores) get composite codes ``p_stem * p_affix`` from
+    :func:`cllm.lattice.codes.build_codebook`, stems ranked by their training-split counts. Every other
+    token (whitespace runs, punctuation, numbers, ``<unk>``) gets a prime of its own, taken after all the
+    primes the words use and assigned by training frequency (ties by id). A prime is never a product of
+    two primes, so all codes are distinct, and these tokens share no factor with anything else.
+    """
+    from .codes import AFFIX_CLASSES, build_codebook
+    from .primes import first_primes
+
+    V = len(vocab)
+    counts = np.bincount(np.asarray(train_ids).reshape(-1), minlength=V)
+    is_word = np.array([i > 0 and _WORD_TOKEN.fullmatch(t) is not None for i, t in enumerate(vocab)])
+    word_ids = np.flatnonzero(is_word)
+    book = build_codebook([vocab[i] for i in word_ids], [int(counts[i]) for i in word_ids])
+    codes = np.zeros(V, dtype=np.int64)
+    codes[word_ids] = [book.codes[vocab[i]] for i in word_ids]
+    other = np.flatnonzero(~is_word)
+    other = other[np.lexsort((other, -counts[other]))]                   # by descending count, then id
+    used = len(AFFIX_CLASSES) + len(book.stem_prime)
+    codes[other] = first_primes(used + len(other))[used:]
+    return tuple(int(c) for c in codes)
+
+
+def tokenizer_codes(tokenizer, train_ids) -> tuple:
+    """The lattice codes a tokenizer's tokens get: frequency-rank primes for characters
+    (:func:`frequency_rank_codes`), root x affix composites for words (:func:`word_lattice_codes`)."""
+    if getattr(tokenizer, "kind", None) == "word":
+        return word_lattice_codes(tokenizer.vocab, train_ids)
+    return frequency_rank_codes(train_ids, tokenizer.vocab_size)
 
 
 def lattice_buffers(cfg) -> dict:
