@@ -99,8 +99,6 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def lr_now(self) -> float:
         c = self.cfg
-        if c.optimizer != "adamw" and c.warmup_steps == 0 and c.min_lr == c.lr:
-            return c.lr
         return lr_at(self.step, c.lr, c.min_lr, c.warmup_steps, c.lr_decay_steps)
 
     def _diverged(self, what: str, lr: float, x, y, grads=None):
