@@ -7,7 +7,8 @@ seq 32, untied output head -> 19,557,376 float32 parameters.
     python benchmarks/bench_optim.py --chunks        # also sweep chunk sizes
     python benchmarks/bench_optim.py --dtype float64 --repeats 10 --threads 2 4 8
 
-Both versions do the same arithmetic (checked below on the first tensor after the timed steps).
+Both versions compute the same update (cllm's in the sums form, see cllm.optim.AdamW; compared after the
+timed steps).
 """
 from __future__ import annotations
 
@@ -98,8 +99,8 @@ def main(argv=None):
         print(f"  {name:<32s} {med:7.1f} ms  (min {lo:6.1f})  x{base / med:.2f}")
 
     plain = opts["plain whole-array"].params
-    same = all(np.array_equal(o.params[k], plain[k]) for o in opts.values() for k in plain)
-    print(f"  all variants bitwise equal to plain after {args.repeats + 2} steps: {same}")
+    same = all(np.allclose(o.params[k], plain[k], rtol=1e-5, atol=1e-7) for o in opts.values() for k in plain)
+    print(f"  all variants equal to plain (to float rounding: rtol 1e-5) after {args.repeats + 2} steps: {same}")
 
 
 if __name__ == "__main__":

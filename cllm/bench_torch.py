@@ -31,16 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from .activations import activation_bytes
-from .bench import CONFIGS, machine_line, step_flops
+from .bench import CONFIGS, TrainingStep, machine_line, matmul_peak, random_batch, step_flops
 from .config import ModelConfig, TrainConfig
 from .model import Model
-from .optim import AdamW
 
 ENABLE = "pip install torch==2.13.0 (CPU wheel) and run from a checkout that has benchmarks/torch_reference.py"
 
 TARGETS = {"seed": dict(ratio=1.3, peak=0.40), "small": dict(ratio=1.2, peak=None)}
 MEMORY_TARGET = 1.3  # peak RSS <= 1.3 x (analytic + interpreter baseline)
 KV_TARGET = 5.0  # KV-cache generation >= 5 x recomputation
+SETTLE_S = 0.05  # pause before each timed step in the wall-clock comparison (see _interleaved)
 
 
 def _verdict(ok: bool) -> str:
@@ -105,38 +105,32 @@ def _load_reference():
 
 # ---------------------------------------------------------------------------------------------- speed
 def _interleaved(cfg: ModelConfig, B: int, repeats: int, torch, TorchGPT, make_torch_adamw, warmup=2, seed=0,
-                 clock=time.perf_counter):
+                 clock=time.perf_counter, settle=None):
     """Median phase times (s) of cllm and torch training steps, taken in turns on the same batch.
+
+    ``settle`` (seconds, default ``SETTLE_S`` for wall time): a pause before each step. After a parallel
+    region both libraries' worker threads keep spinning for a while (OpenMP's spin-wait in torch,
+    OpenBLAS's thread timeout in numpy), and a step that starts while the other library's threads
+    still spin runs with a core taken away. The pause makes each step run as it would alone.
 
     ``clock``: wall time by default; ``time.thread_time`` (CPU time of the calling thread) when both
     libraries run single-threaded, which other processes on the machine barely disturb."""
     model = Model(cfg, seed=seed)
     tc = TrainConfig()
     hyper = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay)
-    # as the trainer runs: AdamW on every core for wall-clock timing (one thread for CPU time),
-    # gradients written into buffers allocated once
-    opt = AdamW(model.params, **hyper, threads=None if clock is time.perf_counter else 1)
-    grads = model.zeros_like_params()
+    # cllm as the trainer runs it (workers and AdamW threads chosen automatically) for wall-clock
+    # timing; one thread for everything when the clock is the calling thread's CPU time
+    one = clock is not time.perf_counter
+    if settle is None:
+        settle = 0.0 if one else SETTLE_S
+    cllm_step = TrainingStep(model, B, cfg.max_seq_len, workers=1 if one else None,
+                             optimizer_threads=1 if one else None, clock=clock)
     tmodel = TorchGPT.from_cllm(model, dtype=torch.float32)  # same weights (copied before any step)
     topt = make_torch_adamw(tmodel, fused=True, **hyper)
-    rng = np.random.default_rng(seed)
-    T = cfg.max_seq_len
-    x = rng.integers(0, cfg.vocab_size, (B, T))
-    y = rng.integers(0, cfg.vocab_size, (B, T))
+    x, y = random_batch(cfg, B, seed)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     times = {"cllm": {"forward": [], "backward": [], "optimizer": []},
              "torch": {"forward": [], "backward": [], "optimizer": []}}
-
-    def cllm_step():
-        t0 = clock()
-        _, loss, acts = model.forward(x, y)
-        t1 = clock()
-        model.backward(acts, out=grads)
-        del acts
-        t2 = clock()
-        opt.step(grads)
-        t3 = clock()
-        return loss, (t1 - t0, t2 - t1, t3 - t2)
 
     def torch_step():
         t0 = clock()
@@ -151,7 +145,11 @@ def _interleaved(cfg: ModelConfig, B: int, repeats: int, torch, TorchGPT, make_t
 
     first = {}
     for i in range(warmup + repeats):
-        for name, fn in (("cllm", cllm_step), ("torch", torch_step)):
+        for name, fn in (("cllm", lambda: cllm_step(x, y)), ("torch", torch_step)):
+            if settle:
+                end = time.perf_counter() + settle  # let the other library's idle threads stop spinning:
+                while time.perf_counter() < end:   # wait busily, so that this core does not go idle
+                    pass
             loss, phases = fn()
             if i == 0:
                 first[name] = loss
@@ -166,6 +164,7 @@ def _interleaved(cfg: ModelConfig, B: int, repeats: int, torch, TorchGPT, make_t
     out["first_loss"] = first
     out["params"] = model.num_params()
     out["impl"] = topt.cllm_impl
+    out["workers"] = cllm_step.parallel.workers
     return out
 
 
@@ -191,11 +190,14 @@ def _speed(configs, repeats, peak, torch, TorchGPT, make_torch_adamw, flag="") -
         cfg, B = CONFIGS[name]
         T = cfg.max_seq_len
         r = _interleaved(cfg, B, repeats, torch, TorchGPT, make_torch_adamw)
+        after = matmul_peak()  # the machine's speed drifts (other tenants): the better of before and after
+        peak = max(peak, after)
         flops = step_flops(cfg, B, T)
         print(f"\n[{name}] vocab {cfg.vocab_size}, d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
               f"d_ff {cfg.d_ff}, B x T = {B} x {T}, {r['params']:,} params, {flops / 1e9:.2f} GFLOP/step")
         print(f"  first-step loss: cllm {r['first_loss']['cllm']:.6f}  torch {r['first_loss']['torch']:.6f} "
               f"(same weights and batch)")
+        print(f"  matmul peak: {peak:.1f} GFLOP/s (the best measured so far in this run; {after:.1f} just now)")
         tps, frac = _table(r, B, T, flops, peak)
         ratio = tps["cllm"] / tps["torch"]
         tgt = TARGETS.get(name, {})
@@ -209,7 +211,7 @@ def _speed(configs, repeats, peak, torch, TorchGPT, make_torch_adamw, flag="") -
             ok = frac["cllm"] >= tgt["peak"]
             verdicts.append(ok)
             print(f"  cllm fraction of peak: {frac['cllm']:.0%}   target >= {tgt['peak']:.0%}: {_verdict(ok)}{flag}")
-        print(f"  (wall time, both libraries on all cores; torch: autograd, scaled_dot_product_attention, AdamW "
+        print(f"  (wall time, both libraries on all cores; cllm: {r['workers']} data-parallel worker(s); torch: autograd, scaled_dot_product_attention, AdamW "
               f"{r['impl']}; medians of {repeats} interleaved steps after 2 warm-up steps each)")
     return verdicts
 
@@ -269,10 +271,8 @@ import json, resource, sys
 sys.path.insert(0, {root!r})
 import numpy as np
 import cllm
-from cllm.bench import CONFIGS
-from cllm.config import TrainConfig
+from cllm.bench import CONFIGS, TrainingStep
 from cllm.model import Model
-from cllm.optim import AdamW
 from cllm.allocator import tune_allocator
 
 def hwm():
@@ -292,25 +292,13 @@ def maxrss():
 
 base, base_ru = hwm(), maxrss()
 cfg, B = CONFIGS["seed"]
-T = cfg.max_seq_len
 model = Model(cfg, seed=0)
-tc = TrainConfig()
-opt = AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay)
-grads = model.zeros_like_params()  # allocated once, as in the trainer
 tune_allocator()
+step = TrainingStep(model, B, cfg.max_seq_len)  # as the trainer steps; the stores die inside each call
 rng = np.random.default_rng(0)
 
-def step():  # as cllm.train.Trainer.train_step: the store and the gradients die with the call
-    x = rng.integers(0, cfg.vocab_size, (B, T))
-    y = rng.integers(0, cfg.vocab_size, (B, T))
-    _, loss, acts = model.forward(x, y)
-    model.backward(acts, out=grads)
-    del acts
-    opt.step(grads)
-    return loss
-
 for _ in range({steps}):
-    step()
+    step(rng.integers(0, cfg.vocab_size, (B, cfg.max_seq_len)), rng.integers(0, cfg.vocab_size, (B, cfg.max_seq_len)))
 print(json.dumps(dict(base=base, peak=hwm(), base_ru=base_ru, peak_ru=maxrss(), params=model.num_params())))
 """
 
@@ -410,8 +398,6 @@ def compare_torch(repeats=20, configs=("seed", "small"), peak=None) -> int:
         return 2
     torch, TorchGPT, make_torch_adamw = loaded
     if peak is None:
-        from .bench import matmul_peak
-
         peak = matmul_peak()
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ Layout of a run directory::
         step_000100/              an older one, kept (``keep``, default 2)
         step_000123/
           params.npz              model parameters, name -> array
-          optim.npz               optimizer state_dict ("step", "m/<param>", "v/<param>", ...)
+          optim.npz               optimizer state_dict ("step", "m_sum/<param>", "v_sum/<param>", ...)
           config.json             {"model": ModelConfig.to_dict(), "train": TrainConfig.to_dict() | null}
           tokenizer.json          tokenizer.to_dict() (absent when none was given)
           trainer.json            {"step": 123, "state": {RNG states, history, ...}}

@@ -130,8 +130,13 @@ class TrainConfig(_Serializable):
     log_interval: int = 10
     checkpoint_interval: int = 500
     seed: int = 1337
+    # threads that each run forward and backward on a share of the batch (cllm/parallel.py);
+    # None: automatic (one per 256 tokens of the batch, at most one per core), 1: the plain serial step
+    workers: Optional[int] = None
 
     def __post_init__(self):
+        if self.workers is not None:
+            _positive_int(self, "workers")
         for name in ("batch_size", "seq_len", "steps", "lr_decay_steps", "grad_accum", "eval_interval",
                      "log_interval", "checkpoint_interval"):
             _positive_int(self, name)

@@ -215,7 +215,7 @@ class Model:
         return logits, loss, acts
 
     # ------------------------------------------------------------------ backward
-    def backward(self, acts: ActivationStore, dlogits=None, trace=None, out=None) -> dict:
+    def backward(self, acts: ActivationStore, dlogits=None, trace=None, out=None, scale=1.0) -> dict:
         """Gradients of the mean cross-entropy stored in ``acts`` with respect to every parameter.
 
         ``dlogits`` may be given instead (B, T, V) to backpropagate another objective of the logits.
@@ -224,7 +224,8 @@ class Model:
         (buffer name, array) in the order the backward pass computes them (for step-through views).
         ``out`` (a dict like the returned one, e.g. from :meth:`zeros_like_params`) receives the
         gradients in place and is returned: the big weight gradients are written straight into it,
-        so a training loop allocates them once instead of every step.
+        so a training loop allocates them once instead of every step. ``scale`` gives the gradients of
+        ``scale`` times the objective (the data-parallel step weights each share of a batch this way).
         """
         record = trace.append if trace is not None else (lambda item: None)
         buf = (lambda name: None) if out is None else out.get
@@ -233,6 +234,10 @@ class Model:
             if acts.targets is None:
                 raise ValueError("backward needs the targets: call forward(idx, targets) first")
             dlogits = ops.cross_entropy_backward(acts["probs"], acts.targets)  # (B, T, V)
+            if scale != 1.0:
+                dlogits *= scale
+        elif scale != 1.0:
+            dlogits = dlogits * scale  # the caller's array is left alone
         record(("logits", dlogits))
         idx = acts.idx
         grads = {}
@@ -285,7 +290,8 @@ class Model:
         grads["wpe"] = ops.position_backward(demb, cfg.max_seq_len)
         if cfg.lattice_reg > 0 and acts.targets is not None:
             from .lattice.model import gcd_regulariser
-            dwte += gcd_regulariser(wte, self.buffers["lattice.laplacian"], cfg.lattice_reg)[1]
+            dreg = gcd_regulariser(wte, self.buffers["lattice.laplacian"], cfg.lattice_reg)[1]
+            dwte += dreg if scale == 1.0 else scale * dreg
         if cfg.embedding == "lattice":
             from .lattice.model import lattice_embedding_backward
             grads["lattice.proj"], grads["wte"] = lattice_embedding_backward(

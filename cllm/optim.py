@@ -9,15 +9,14 @@ Speed: a step touches every parameter several times. Written as whole-array nump
 (``m = b1 * m + (1 - b1) * g``) each operator allocates and streams a temporary the size of the tensor
 through main memory. Here each tensor is processed in chunks of ``chunk_size`` elements that stay in
 the CPU cache, and every operation writes into the chunk itself or into one preallocated scratch
-buffer (``out=``), so a step allocates nothing. ``adamw_reference`` keeps the plain version; the
-tests check that both give bitwise-identical results. ``benchmarks/bench_optim.py`` times them: on
-the seed configuration (19.6M float32 parameters) on a 2-vCPU VM, about 41 ms for the plain step
-and 29 ms chunked; the chunked step is then close to bound by the arithmetic (14 passes over cached
-chunks) rather than by memory. ``threads=N`` deals the chunks to N worker threads, which helps only
-where idle cores are available.
+buffer (``out=``), so a step allocates nothing. ``adamw_reference`` keeps the plain textbook version;
+the tests check that both agree to rounding, and that every chunk size and thread count gives the
+same bits. ``benchmarks/bench_optim.py`` times them; the chunked step is bound by the arithmetic
+(11 passes over cached chunks, see ``AdamW``) rather than by memory. ``threads=N`` deals the chunks
+to N worker threads, which helps only where idle cores are available.
 
 Optimizer state round-trips through ``state_dict()`` / ``load_state_dict()`` as a flat
-``dict[str, np.ndarray]`` (``"step"``, ``"m/<param>"``, ``"v/<param>"``, ``"momentum/<param>"``) that
+``dict[str, np.ndarray]`` (``"step"``, ``"m_sum/<param>"``, ``"v_sum/<param>"``, ``"momentum/<param>"``) that
 ``np.savez`` stores without pickle.
 """
 from __future__ import annotations
@@ -233,9 +232,9 @@ class SGD(Optimizer):
 
 
 class AdamW(Optimizer):
-    """Adam with decoupled weight decay; matches torch.optim.AdamW (non-fused) step for step.
+    """Adam with decoupled weight decay; the same update as torch.optim.AdamW, to rounding.
 
-    Per parameter, at step t = 1, 2, ... (the plain whole-array form is ``adamw_reference``)::
+    Per parameter, at step t = 1, 2, ..., in the textbook form (``adamw_reference``)::
 
         p *= 1 - lr * weight_decay                    # only where decay(name, p): matrices by default
         m = beta1 * m + (1 - beta1) * g
@@ -244,10 +243,24 @@ class AdamW(Optimizer):
         denom = sqrt(v) / sqrt(1 - beta2 ** t) + eps
         p -= step_size * (m / denom)
 
+    Speed, a named step: the state kept is the plain exponential sums ``m_sum = beta1 * m_sum + g``
+    and ``v_sum = beta2 * v_sum + g * g``, so that m = (1 - beta1) m_sum and v = (1 - beta2) v_sum. Every
+    constant then moves out of the per-element work into two per-step scalars::
+
+        p -= k * m_sum / (sqrt(v_sum) + e)     k = step_size (1 - beta1) / c,  e = eps / c,
+                                               c = sqrt((1 - beta2) / (1 - beta2 ** t))
+
+    which is 11 passes over each chunk instead of the textbook form's 14; on the seed configuration's
+    19.2M parameters an update is about 20% faster. The result equals the textbook update up to
+    float rounding (tested against ``adamw_reference`` and torch). ``moments(name)`` gives m and v in
+    the textbook form; ``state_dict()`` stores the sums (``"m_sum/<param>"``, ``"v_sum/<param>"``) so
+    a resumed run continues bit for bit, and ``load_state_dict`` also accepts textbook moments
+    (``"m/<param>"``, ``"v/<param>"``, as checkpoints written before this change hold them).
+
     ``threads``: worker threads for the update (None: automatic, see ``_resolve_threads``).
     """
 
-    _state_names = ("m", "v")
+    _state_names = ("m_sum", "v_sum")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.99), eps: float = 1e-8,
                  weight_decay: float = 0.1, decay: Optional[Callable] = None, chunk_size: int = DEFAULT_CHUNK,
@@ -260,37 +273,57 @@ class AdamW(Optimizer):
         super().__init__(params, lr, weight_decay, decay, chunk_size, threads)
 
     def _begin_step(self, lr):
-        t = self.t
-        self._shrink = 1.0 - lr * self.weight_decay           # decoupled decay factor
-        self._step_size = lr / (1.0 - self.beta1 ** t)        # lr / bias correction of m
-        self._bc2_sqrt = math.sqrt(1.0 - self.beta2 ** t)     # sqrt of bias correction of v
+        t, b1, b2 = self.t, self.beta1, self.beta2
+        self._shrink = 1.0 - lr * self.weight_decay              # decoupled decay factor
+        c = math.sqrt((1.0 - b2) / (1.0 - b2 ** t))              # sqrt(v) / sqrt(1 - b2^t) = c sqrt(v_sum)
+        self._k = lr * (1.0 - b1) / (1.0 - b1 ** t) / c          # step_size (1 - b1) / c
+        self._e = self.eps / c                                   # eps / c
 
     def _update_chunk(self, name, s, p, g, a, lr):
-        b1, b2 = self.beta1, self.beta2
-        m, v = self.state["m"][name][s], self.state["v"][name][s]
+        m, v = self.state["m_sum"][name][s], self.state["v_sum"][name][s]
         if self.decayed[name] and self._shrink != 1.0:
-            p *= self._shrink                # p *= 1 - lr * wd        (decoupled decay)
-        np.multiply(g, 1.0 - b1, out=a)      # a = (1 - b1) * g
-        m *= b1                              # m = b1 * m
-        m += a                               #     + (1 - b1) * g
-        np.multiply(g, 1.0 - b2, out=a)      # a = (1 - b2) * g
-        a *= g                               # a = (1 - b2) * g * g
-        v *= b2                              # v = b2 * v
-        v += a                               #     + (1 - b2) * g * g
-        np.sqrt(v, out=a)                    # a = sqrt(v)
-        a /= self._bc2_sqrt                  # a = sqrt(v) / sqrt(1 - b2^t)
-        a += self.eps                        # a = denom
-        np.divide(m, a, out=a)               # a = m / denom
-        a *= self._step_size                 # a = step_size * (m / denom)
-        p -= a                               # p -= step_size * (m / denom)
+            p *= self._shrink                # p *= 1 - lr * wd            (decoupled decay)
+        m *= self.beta1                      # m_sum = b1 * m_sum
+        m += g                               #         + g
+        np.multiply(g, g, out=a)             # a = g * g
+        v *= self.beta2                      # v_sum = b2 * v_sum
+        v += a                               #         + g * g
+        np.sqrt(v, out=a)                    # a = sqrt(v_sum)
+        a += self._e                         # a = sqrt(v_sum) + eps / c   (= denom / c)
+        np.divide(m, a, out=a)               # a = m_sum / (denom / c)
+        a *= self._k                         # a = step_size * m / denom
+        p -= a                               # p -= step_size * m / denom
+
+    def moments(self, name: str):
+        """(m, v) of parameter ``name`` in the textbook form (new arrays shaped like the parameter)."""
+        shape = self.params[name].shape
+        m = self.state["m_sum"][name] * (1.0 - self.beta1)
+        v = self.state["v_sum"][name] * (1.0 - self.beta2)
+        return m.reshape(shape), v.reshape(shape)
+
+    def load_state_dict(self, d: Mapping[str, np.ndarray]) -> None:
+        """As :meth:`Optimizer.load_state_dict`; textbook moments ``"m/<param>"`` and ``"v/<param>"``
+        (from torch, or from checkpoints written before the sums were kept) are converted to sums."""
+        if any(k.startswith(("m/", "v/")) for k in d):
+            scale = {"m": 1.0 / (1.0 - self.beta1), "v": 1.0 / (1.0 - self.beta2)}
+            converted = {}
+            for key, value in d.items():
+                kind, _, rest = key.partition("/")
+                if kind in scale and rest:
+                    value = np.asarray(value)
+                    converted[f"{kind}_sum/{rest}"] = (value * scale[kind]).astype(value.dtype, copy=False)
+                else:
+                    converted[key] = value
+            d = converted
+        super().load_state_dict(d)
 
 
 def adamw_reference(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, lr: float,
                     beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0) -> None:
     """The plain whole-array AdamW update of one tensor (in place on p, m, v), step number ``t`` >= 1.
 
-    Same arithmetic as ``AdamW``, written the obvious way: each operator allocates a temporary.
-    Kept for teaching, for the tests and as the benchmark's baseline.
+    The textbook form of ``AdamW``'s update, written the obvious way: each operator allocates a
+    temporary. Kept for teaching, for the tests and as the benchmark's baseline.
     """
     p *= 1.0 - lr * weight_decay
     m[...] = beta1 * m + (1.0 - beta1) * g

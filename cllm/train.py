@@ -29,6 +29,7 @@ from .config import ModelConfig, TrainConfig
 from .data import eval_batches, get_batch
 from .model import Model
 from .optim import accumulate, clip_grad_norm, lr_at, make_optimizer, zeros_like_grads
+from .parallel import DataParallel, auto_workers
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,6 +89,9 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.progress = progress
         self.optimizer = make_optimizer(model.params, cfg, threads=None)  # 2 threads for big models
+        # forward and backward on several threads, each on a share of the batch (cllm/parallel.py)
+        workers = auto_workers(cfg.batch_size, cfg.seq_len) if cfg.workers is None else cfg.workers
+        self.parallel = DataParallel(model, workers)
         tune_allocator()  # reuse freed pages across steps (see cllm/allocator.py)
         self.batch_rng = np.random.default_rng([cfg.seed, 2])
         self.step = 0  # optimisation steps taken
@@ -122,29 +126,29 @@ class Trainer:
         t0 = time.perf_counter()
         lr = self.lr_now()
         losses = []
+        if self._grads is None:
+            self._grads = model.zeros_like_params()
         if c.grad_accum == 1:
             x, y = get_batch(self.train_data, c.batch_size, c.seq_len, self.batch_rng)
-            _, loss, acts = model.forward(x, y, train=True)
+            loss, parts = self.parallel.forward(x, y, train=True)
             if not math.isfinite(loss):
                 self._diverged(f"loss is {loss}", lr, x, y)
-            if self._grads is None:
-                self._grads = model.zeros_like_params()
-            grads = model.backward(acts, out=self._grads)
-            del acts  # the store is not needed past the backward pass: free it before the update
+            grads = self.parallel.backward(parts, self._grads)
+            del parts  # the stores are not needed past the backward pass: free them before the update
             losses.append(loss)
         else:
             if self._accum is None:
                 self._accum = zeros_like_grads(model.params)
-                self._grads = model.zeros_like_params()
             grads = self._accum
             for g in grads.values():
                 g.fill(0.0)
             for _ in range(c.grad_accum):
                 x, y = get_batch(self.train_data, c.batch_size, c.seq_len, self.batch_rng)
-                _, loss, acts = model.forward(x, y, train=True)
+                loss, parts = self.parallel.forward(x, y, train=True)
                 if not math.isfinite(loss):
                     self._diverged(f"loss is {loss}", lr, x, y)
-                accumulate(grads, model.backward(acts, out=self._grads), 1.0 / c.grad_accum)  # mean
+                accumulate(grads, self.parallel.backward(parts, self._grads), 1.0 / c.grad_accum)  # mean
+                del parts
                 losses.append(loss)
         norm = clip_grad_norm(grads, c.grad_clip)
         if not math.isfinite(norm):
@@ -173,7 +177,7 @@ class Trainer:
         for i, (x, y) in enumerate(eval_batches(data, self.cfg.seq_len, batch_size or 4 * self.cfg.batch_size)):
             if max_batches is not None and i >= max_batches:
                 break
-            loss = self.model.forward(x, y, train=False)[1]
+            loss = self.parallel.forward(x, y, train=False)[0]
             total += loss * x.size  # loss is a mean over the batch's x.size targets
             count += x.size
         return total / count

@@ -82,7 +82,7 @@ def test_round_trip(tmp_path):
             assert ck.params[k].dtype == np.float32
         assert sorted(ck.opt_state) == sorted(opt_state)
         assert ck.opt_state["step"].shape == () and int(ck.opt_state["step"]) == 1
-        np.testing.assert_array_equal(ck.opt_state["m/wte"], opt_state["m/wte"])
+        np.testing.assert_array_equal(ck.opt_state["m_sum/wte"], opt_state["m_sum/wte"])
         assert ModelConfig.from_dict(ck.model_cfg) == CFG
         assert TrainConfig.from_dict(ck.train_cfg) == TrainConfig(steps=50)
         assert tokenizer_from_dict(ck.tokenizer) == CharTokenizer.fit("hello world")
@@ -200,7 +200,7 @@ def test_other_damage(tmp_path):
 
     path = save(tmp_path, 2)
     _, opt_state = make_state(0)
-    _rewrite(path, "optim.npz", _npz_bytes({**opt_state, "m/wte": np.zeros((3, 3), np.float32)}))
+    _rewrite(path, "optim.npz", _npz_bytes({**opt_state, "m_sum/wte": np.zeros((3, 3), np.float32)}))
     assert "optim.npz" in error_of(tmp_path)
 
     path = save(tmp_path, 3)

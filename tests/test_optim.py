@@ -105,9 +105,8 @@ def test_weight_decay_applies_to_matrices_only():
     assert {k for k, p in params.items() if (p != 3.0).any()} == {"wte"}
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("chunk,threads", [(7, 1), (64, 3), (1 << 16, 1), (5, 4)])
-def test_chunked_matches_plain_reference_bitwise(dtype, chunk, threads):
+def _adamw_run(dtype, chunk, threads, steps=4):
+    """Parameters after ``steps`` AdamW steps (chunked, threaded) and after the textbook reference."""
     rng = np.random.default_rng(0)
     shapes = {"wte": (11, 8), "h.0.attn.c_attn.weight": (8, 24), "h.0.attn.c_attn.bias": (24,), "ln_f.weight": (8,)}
     params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
@@ -115,15 +114,51 @@ def test_chunked_matches_plain_reference_bitwise(dtype, chunk, threads):
     m = {k: np.zeros_like(p) for k, p in params.items()}
     v = {k: np.zeros_like(p) for k, p in params.items()}
     opt = AdamW(params, lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.2, chunk_size=chunk, threads=threads)
-    for t in range(1, 5):
+    for t in range(1, steps + 1):
         grads = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
         lr = 3e-3 * t / 4
         opt.step(grads, lr=lr)
         for k in ref:
             adamw_reference(ref[k], grads[k], m[k], v[k], t, lr, 0.8, 0.95, 1e-6, 0.2 if default_decay(k, ref[k]) else 0.0)
+    return opt, params, ref, m, v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chunk,threads", [(7, 1), (64, 3), (1 << 16, 1), (5, 4)])
+def test_chunked_matches_textbook_reference(dtype, chunk, threads):
+    opt, params, ref, m, v = _adamw_run(dtype, chunk, threads)
+    _, baseline, _, _, _ = _adamw_run(dtype, 1 << 16, 1)
+    tol = 1e-5 if dtype == np.float32 else 1e-13  # the sums form rounds differently from the textbook form
     for k in params:
-        np.testing.assert_array_equal(params[k], ref[k])
         assert params[k].dtype == dtype
+        np.testing.assert_allclose(params[k], ref[k], rtol=tol, atol=tol)
+        mk, vk = opt.moments(k)
+        np.testing.assert_allclose(mk, m[k], rtol=tol * 10, atol=1e-12)
+        np.testing.assert_allclose(vk, v[k], rtol=tol * 10, atol=1e-12)
+        # every chunk size and thread count computes each element by the same operations: same bits
+        np.testing.assert_array_equal(params[k], baseline[k])
+
+
+def test_textbook_moments_load_as_sums():
+    """A state with textbook moments (checkpoints from before the sums were kept) continues the run."""
+    rng = np.random.default_rng(3)
+    shapes = {"w": (4, 3), "b": (3,)}
+    grads = [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(4)]
+    params_a = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    opt_a = AdamW(params_a, lr=1e-2)
+    for g in grads[:2]:
+        opt_a.step(g)
+    params_b = {k: p.copy() for k, p in params_a.items()}
+    textbook = {"step": np.array(2)}
+    for k in shapes:
+        textbook[f"m/{k}"], textbook[f"v/{k}"] = opt_a.moments(k)
+    opt_b = AdamW(params_b, lr=1e-2)
+    opt_b.load_state_dict(textbook)
+    for g in grads[2:]:
+        opt_a.step(g)
+        opt_b.step(g)
+    for k in shapes:
+        np.testing.assert_allclose(params_b[k], params_a[k], rtol=1e-13)
 
 
 @pytest.mark.slow
@@ -190,12 +225,12 @@ def test_load_state_dict_validates_and_names_the_tensor():
     params = {"w": np.zeros((2, 3)), "b": np.zeros(3)}
     opt = AdamW(params)
     good = {k: v.copy() for k, v in opt.state_dict().items()}
-    assert sorted(good) == ["m/b", "m/w", "step", "v/b", "v/w"]
+    assert sorted(good) == ["m_sum/b", "m_sum/w", "step", "v_sum/b", "v_sum/w"]
     for broken, match in [
-        ({k: v for k, v in good.items() if k != "v/w"}, "missing tensor 'v/w'"),
-        ({**good, "m/w": np.zeros((3, 2))}, "'m/w' has shape"),
-        ({**good, "m/b": np.zeros(3, np.float32)}, "'m/b' has dtype"),
-        ({**good, "m/x": np.zeros(3)}, "unexpected tensor 'm/x'"),
+        ({k: v for k, v in good.items() if k != "v_sum/w"}, "missing tensor 'v_sum/w'"),
+        ({**good, "m_sum/w": np.zeros((3, 2))}, "'m_sum/w' has shape"),
+        ({**good, "m_sum/b": np.zeros(3, np.float32)}, "'m_sum/b' has dtype"),
+        ({**good, "m_sum/x": np.zeros(3)}, "unexpected tensor 'm_sum/x'"),
         ({**good, "step": np.zeros(2, np.int64)}, "'step'"),
     ]:
         with pytest.raises(ValueError, match=match):

@@ -53,11 +53,12 @@ def _params(trainer):
     return {k: v.copy() for k, v in trainer.model.params.items()}
 
 
-@pytest.mark.parametrize("accum,dropout", [(1, 0.0), (2, 0.1)])
-def test_resume_is_bit_identical(corpus, tmp_path, accum, dropout):
+@pytest.mark.parametrize("accum,dropout,workers", [(1, 0.0, None), (2, 0.1, None), (1, 0.1, 2), (2, 0.0, 3)])
+def test_resume_is_bit_identical(corpus, tmp_path, accum, dropout, workers):
     tok, train, val = corpus
     cfg = cllm.TrainConfig(batch_size=4, seq_len=16, steps=20, eval_interval=5, eval_max_batches=2,
-                           checkpoint_interval=10, warmup_steps=4, lr_decay_steps=20, grad_accum=accum)
+                           checkpoint_interval=10, warmup_steps=4, lr_decay_steps=20, grad_accum=accum,
+                           workers=workers)
     mcfg = small(tok, d_model=16, n_heads=2, d_ff=32, max_seq_len=16, dropout=dropout)
 
     straight = Trainer(cllm.Model(mcfg, seed=1), train, val, cfg, tokenizer=tok, run_dir=tmp_path / "a", progress=False)
@@ -123,6 +124,20 @@ def test_gradient_accumulation_equals_big_batch(corpus):
         cllm.optim.accumulate(acc, model.backward(model.forward(x[s], y[s])[2]), 0.5)
     for k in full:
         np.testing.assert_allclose(acc[k], full[k], rtol=1e-10, atol=1e-14)
+
+
+def test_workers_change_only_the_rounding(corpus):
+    """Training on 1 and on 3 data-parallel workers (float64, no dropout) follows the same path."""
+    tok, train, val = corpus
+    losses = {}
+    for workers in (1, 3):
+        cfg = cllm.TrainConfig(batch_size=6, seq_len=16, steps=8, eval_interval=4, eval_max_batches=2,
+                               warmup_steps=2, lr_decay_steps=8, workers=workers)
+        model = cllm.Model(small(tok, dtype="float64", d_model=16, n_heads=2, d_ff=32, max_seq_len=16), seed=0)
+        trainer = Trainer(model, train, val, cfg, progress=False)
+        assert trainer.parallel.workers == workers
+        losses[workers] = trainer.train().train_loss + trainer.history.val_loss
+    np.testing.assert_allclose(losses[3], losses[1], rtol=1e-10)
 
 
 def test_callbacks_and_stop(corpus):
