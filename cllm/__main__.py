@@ -79,6 +79,9 @@ def _add_train_args(p):
     g.add_argument("--momentum", type=_float, default=t.momentum)
     g.add_argument("--grad-clip", type=_float, default=t.grad_clip, help="0 switches clipping off")
     g.add_argument("--grad-accum", type=_positive_int, default=t.grad_accum)
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="threads that each run forward and backward on a share of the batch "
+                        "(default: one per 256 tokens of the batch, at most one per core)")
     g.add_argument("--eval-interval", type=_positive_int, default=t.eval_interval)
     g.add_argument("--eval-batches", type=_positive_int, default=None, help="default: the full validation split")
     g.add_argument("--checkpoint-interval", type=_positive_int, default=t.checkpoint_interval)
@@ -118,7 +121,10 @@ def cmd_train(args):
         tok = tokenizer_from_dict(ck.tokenizer)
         ids = tok.encode(text)
         model_cfg = ModelConfig.from_dict(ck.model_cfg)
-        train_cfg = TrainConfig.from_dict({**ck.train_cfg, "steps": max(args.steps, ck.step)})
+        overrides = {"steps": max(args.steps, ck.step)}
+        if args.workers is not None:  # how the steps are computed, not what they compute: may change
+            overrides["workers"] = args.workers
+        train_cfg = TrainConfig.from_dict({**ck.train_cfg, **overrides})
         out = Path(args.out) if args.out else Path(args.resume)
     else:
         tok = CharTokenizer.fit(text) if args.tokenizer == "char" else WordTokenizer.fit(text)
@@ -138,7 +144,7 @@ def cmd_train(args):
                                 beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay,
                                 momentum=args.momentum, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
                                 eval_interval=args.eval_interval, eval_max_batches=args.eval_batches,
-                                checkpoint_interval=args.checkpoint_interval, seed=args.seed)
+                                checkpoint_interval=args.checkpoint_interval, seed=args.seed, workers=args.workers)
         out = Path(args.out) if args.out else Path("runs") / f"{args.tokenizer}-{time.strftime('%Y%m%d-%H%M%S')}"
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out}: already exists and is not empty; pass --resume {out} or choose another --out")

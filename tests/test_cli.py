@@ -40,7 +40,7 @@ def test_train_resume_generate(capsys, tmp_path, text_file):
     assert "final validation loss" in out and "sample:" in out
     assert (out_dir / "loss.png").stat().st_size > 1000 and (out_dir / "latest").exists()
     code, out, err = run(capsys, ["train", "--data", str(text_file), "--steps", "9", "--resume", str(out_dir),
-                                  "--no-progress", "--sample-tokens", "0"])
+                                  "--no-progress", "--sample-tokens", "0", "--workers", "2"])
     assert code == 0, err
     assert "resuming" in out and "at step 9" in out
     code, out, err = run(capsys, ["generate", "--checkpoint", str(out_dir), "--prompt", "the ", "--tokens", "12",
@@ -82,7 +82,7 @@ def test_too_little_text(capsys, tmp_path):
 @pytest.mark.parametrize("flags,needle", [
     (["--lr", "abc"], "--lr"), (["--steps", "0"], "--steps"), (["--d-model", "-3"], "--d-model"),
     (["--dropout", "1.5"], "dropout"), (["--n-heads", "3"], "divisible"), (["--optimizer", "adam"], "--optimizer"),
-    (["--lr", "nan"], "--lr"), (["--bogus"], "unrecognized"),
+    (["--lr", "nan"], "--lr"), (["--bogus"], "unrecognized"), (["--workers", "0"], "--workers"),
 ])
 def test_bad_flag_values(capsys, tmp_path, text_file, flags, needle):
     assert_user_error(capsys, ["train", "--data", str(text_file), "--out", str(tmp_path / "r")] + flags, needle)
