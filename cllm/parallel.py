@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
+import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -41,31 +44,25 @@ _BLAS_LOCK = threading.Lock()
 
 def _find_openblas():
     """The set/get thread-count functions of the OpenBLAS numpy has loaded, or None."""
-    import re
-
     try:
         with open("/proc/self/maps") as f:
             paths = sorted(set(re.findall(r"(/\S*openblas\S*\.so[.\d]*)", f.read())))
     except OSError:  # no /proc (not Linux): look next to numpy instead
-        import glob
-        import os
-
         root = os.path.dirname(os.path.dirname(np.__file__))
         paths = sorted(glob.glob(os.path.join(root, "numpy*libs", "*openblas*")))
-    prefixes = ("scipy_openblas_", "openblas_", "")
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for prefix in prefixes:
-            for suffix in ("64_", ""):
-                setter = getattr(lib, f"{prefix}set_num_threads{suffix}", None) if prefix else None
-                getter = getattr(lib, f"{prefix}get_num_threads{suffix}", None) if prefix else None
-                if setter is not None and getter is not None:
-                    setter.argtypes, setter.restype = [ctypes.c_int], None
-                    getter.argtypes, getter.restype = [], ctypes.c_int
-                    return setter, getter
+        # scipy-openblas (numpy's wheels) prefixes its symbols; a system OpenBLAS does not
+        for name in ("scipy_openblas_{}64_", "openblas_{}64_", "scipy_openblas_{}", "openblas_{}"):
+            setter = getattr(lib, name.format("set_num_threads"), None)
+            getter = getattr(lib, name.format("get_num_threads"), None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                return setter, getter
     return None
 
 
@@ -109,14 +106,12 @@ MIN_TOKENS_PER_WORKER = 256
 def auto_workers(batch_size: int, seq_len: int, cores: Optional[int] = None) -> int:
     """How many workers the trainer uses when ``TrainConfig.workers`` is None: one per
     ``MIN_TOKENS_PER_WORKER`` tokens of the batch, at most one per core and one per row, at least one."""
-    import os
-
     cores = cores or os.cpu_count() or 1
     return max(1, min(cores, batch_size, (batch_size * seq_len) // MIN_TOKENS_PER_WORKER))
 
 
 def shares(rows: int, workers: int) -> list:
-    """Contiguous row slices, as even as possible: shares(12, 2) -> [0:6, 6:12]; shares(5, 2) -> [0:3, 3:5].
+    """Contiguous row slices, as even as possible: shares(12, 2) -> [0:6, 6:12]; shares(5, 2) -> [0:2, 2:5].
     Never more slices than rows."""
     n = max(1, min(workers, rows))
     bounds = [rows * i // n for i in range(n + 1)]
