@@ -96,10 +96,10 @@ def _add_train_args(p):
 
 
 def _load_corpus(args):
-    from .data import builtin_corpus, load_text
+    from .data import CORPUS_NAME, builtin_corpus, load_text
 
     if args.data is None:
-        return builtin_corpus(), "built-in corpus (pydoc_data.topics)"
+        return builtin_corpus(), CORPUS_NAME
     return load_text(args.data), args.data
 
 

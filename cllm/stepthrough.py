@@ -263,8 +263,8 @@ def tiny_demo(train_steps: int = 0, seed: int = 0, text: Optional[str] = None, b
     from .tokenizer import CharTokenizer
 
     if text is None:
-        from pydoc_data.topics import topics
-        text = topics[DEMO_TEXT_KEY]
+        from .data import builtin_topics
+        text = builtin_topics()[DEMO_TEXT_KEY]
     tok = CharTokenizer.fit(text)
     ids = tok.encode(text)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=32,

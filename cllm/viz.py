@@ -40,3 +40,31 @@ def plot_history(history, path=None, ax=None, title="loss", label=None):
         if own:
             plt.close(ax.figure)
     return ax
+
+
+FIGURES_ENV = "CLLM_WRITE_FIGURES"  # set to 1 when re-rendering the notebooks for a commit
+
+
+def save_figure(fig, path, dpi=100) -> "Path | None":
+    """Write ``fig`` as a PNG at ``path``, but only when the environment variable
+    ``CLLM_WRITE_FIGURES`` is ``1``; returns the path written, or None.
+
+    The notebooks call this for every figure that the README and ``figures/`` show. Running them as
+    tests (``python -m pytest``) therefore leaves the tracked figures as they are, while the
+    re-render (``CLLM_WRITE_FIGURES=1 jupyter nbconvert --execute ...``) refreshes them. The file is
+    written to a temporary name and renamed, so an interrupted run never leaves half a PNG.
+    """
+    import os
+
+    if os.environ.get(FIGURES_ENV) != "1":
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

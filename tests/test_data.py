@@ -1,23 +1,37 @@
 """Built-in corpus, text loading, split, random batches, epochs and evaluation windows."""
+import hashlib
 import sys
 
 import numpy as np
 import pytest
 
-from cllm.data import (batches_per_epoch, builtin_corpus, epoch_batches, eval_batches, eval_windows, get_batch,
-                       load_text, num_windows, split)
+from cllm.data import (CORPUS_SHA256, batches_per_epoch, builtin_corpus, builtin_topics, epoch_batches,
+                       eval_batches, eval_windows, get_batch, load_text, num_windows, split)
 
 
 def test_builtin_corpus():
     text = builtin_corpus()
     assert isinstance(text, str)
     assert text == builtin_corpus()  # deterministic
-    if sys.version_info[:2] == (3, 11):
-        assert len(text) == 465_126
-        assert len(set(text)) == 103
-    else:  # other Pythons ship slightly different help topics
-        assert len(text) > 300_000 and 80 <= len(set(text)) <= 200
+    # the same snapshot on every Python: pinned by its checksum, whatever the interpreter ships
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == CORPUS_SHA256
+    assert CORPUS_SHA256 == "71f2ff5d99bdc1f9c48c5c2353ad138201c5ca1c377e0226857ef8fa89b8bcee"
+    assert len(text) == 465_126
+    assert len(set(text)) == 103
     assert "\n\n" in text and "def" in text
+
+
+def test_builtin_topics_are_the_snapshot():
+    topics = builtin_topics()
+    assert len(topics) == 79 and "while" in topics and topics["while"].startswith("The ")
+    assert builtin_corpus() == "\n\n".join(topics[k] for k in sorted(topics))
+
+
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the snapshot was taken from CPython 3.11.7's topics")
+def test_snapshot_equals_this_interpreters_topics():
+    from pydoc_data.topics import topics
+
+    assert builtin_topics() == dict(topics)
 
 
 # -- load_text ---------------------------------------------------------------------------------------
