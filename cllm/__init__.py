@@ -21,7 +21,7 @@ _EXPORTS = {
     "TrainConfig": "cllm.config",
     "Model": "cllm.model",
     "ActivationStore": "cllm.activations",
-    "gradcheck": "cllm.gradcheck",
+    "gradcheck": "cllm.gradcheck",  # the module itself, callable as the function (see gradcheck.py)
     "CharTokenizer": "cllm.tokenizer",
     "WordTokenizer": "cllm.tokenizer",
 }
@@ -33,7 +33,7 @@ def __getattr__(name):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cllm' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
+    value = import_module(module) if module == f"cllm.{name}" else getattr(import_module(module), name)
     globals()[name] = value
     return value
 

@@ -112,7 +112,7 @@ def cmd_train(args):
     from .model import Model
     from .tokenizer import CharTokenizer, WordTokenizer, tokenizer_from_dict
     from .train import Trainer, TrainingDiverged
-    from .viz import plot_history
+    from .plots import plot_history
 
     # ---- everything is checked before anything is written
     text, source = _load_corpus(args)
@@ -229,19 +229,20 @@ def cmd_generate(args):
 def cmd_gradcheck(args):
     import numpy as np
 
-    from .config import ModelConfig
-    from .gradcheck import check_model
+    import dataclasses
+
+    from .config import PRESETS
+    from .gradcheck import check_model, perturb
     from .model import Model
 
-    cfg = ModelConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_seq_len=8, dtype="float64",
-                      activation=args.activation, tie_weights=not args.untied, dropout=args.dropout,
-                      embedding=args.embedding, attention_bias=args.attention_bias)
+    tiny = PRESETS["tiny"]
+    cfg = dataclasses.replace(tiny.model, activation=args.activation, tie_weights=not args.untied,
+                              dropout=args.dropout, embedding=args.embedding, attention_bias=args.attention_bias)
     model = Model(cfg, seed=args.seed)
     rng = np.random.default_rng(args.seed)
-    for v in model.params.values():  # move off the init so that no gradient hides behind a 0 or a 1
-        v += rng.normal(0.0, 0.1, v.shape)
-    idx = rng.integers(0, cfg.vocab_size, (3, cfg.max_seq_len))
-    targets = rng.integers(0, cfg.vocab_size, (3, cfg.max_seq_len))
+    perturb(model.params, 0.1, rng)  # move off the init so that no gradient hides behind a 0 or a 1
+    idx = rng.integers(0, cfg.vocab_size, (tiny.batch_size, cfg.max_seq_len))
+    targets = rng.integers(0, cfg.vocab_size, (tiny.batch_size, cfg.max_seq_len))
     report = check_model(model, idx, targets, dropout_seed=7 if args.dropout else None,
                          max_entries=args.max_entries)
     print(f"gradient check: 2 layers, 2 heads, d_model 16, seq 8, batch 3, float64, {args.activation}, "
@@ -254,13 +255,17 @@ def cmd_gradcheck(args):
 
 # ---------------------------------------------------------------------------------------------- bench
 def cmd_bench(args):
-    from .bench import run_bench
+    if args.compare == "torch":
+        from .lab.compare_torch import compare_torch
 
-    return run_bench(repeats=args.repeats, configs=args.configs, compare=args.compare)
+        return compare_torch(repeats=args.repeats, configs=args.configs)
+    from .lab.bench import run_bench
+
+    return run_bench(repeats=args.repeats, configs=args.configs)
 
 
 def cmd_experiment(args):
-    from .experiments import run_experiment
+    from .lab.lattice_experiment import run_experiment
 
     return run_experiment(args.name, seeds=args.seeds, steps=args.steps, out=args.out)
 

@@ -41,6 +41,7 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
+from ._atomic import _fsync_dir, atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 from .config import ModelConfig, TrainConfig
 
 FORMAT = "cllm-checkpoint"
@@ -70,50 +71,6 @@ class Checkpoint:
     tokenizer: Optional[dict]
     trainer_state: dict
     path: Optional[Path] = field(default=None, compare=False)
-
-
-# ---------------------------------------------------------------------------------------------------
-# atomic file writing (also used by tokenizer.save)
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix:
-    a temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); give it a normal data file's mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path, text: str) -> None:
-    """``atomic_write_bytes`` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -408,7 +365,7 @@ def load_checkpoint(path_or_run_dir) -> Checkpoint:
     if "tokenizer.json" in files:
         kpath = ckpt / "tokenizer.json"
         tokenizer = _parse_json(kpath, _read_verified(ckpt, "tokenizer.json", files))
-        from .tokenizer import tokenizer_from_dict  # local import: tokenizer imports this module
+        from .tokenizer import tokenizer_from_dict
 
         try:
             tok = tokenizer_from_dict(tokenizer)

@@ -155,3 +155,26 @@ class TrainConfig(_Serializable):
         _number(self, "grad_clip", 0.0)
         if self.eval_max_batches is not None:
             _positive_int(self, "eval_max_batches")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model size with the batch size it is measured at (``PRESETS``)."""
+
+    model: ModelConfig
+    batch_size: int
+
+    @property
+    def seq_len(self) -> int:
+        return self.model.max_seq_len
+
+
+PRESETS = {
+    # the whole-model gradient checks: small enough for finite differences of every entry (float64)
+    "tiny": Preset(ModelConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_seq_len=8,
+                               dtype="float64"), 3),
+    # nanoGPT's CPU "baby GPT" on characters (the main job trains it at the corpus's vocabulary size)
+    "small": Preset(ModelConfig(vocab_size=65, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_seq_len=64), 12),
+    # the earlier C project's model (tied head: 19,244,544 parameters)
+    "seed": Preset(ModelConfig(vocab_size=611, d_model=512, n_layers=6, n_heads=8, d_ff=2048, max_seq_len=32), 4),
+}

@@ -11,7 +11,7 @@ through main memory. Here each tensor is processed in chunks of ``chunk_size`` e
 the CPU cache, and every operation writes into the chunk itself or into one preallocated scratch
 buffer (``out=``), so a step allocates nothing. ``adamw_reference`` keeps the plain textbook version;
 the tests check that both agree to rounding, and that every chunk size and thread count gives the
-same bits. ``benchmarks/bench_optim.py`` times them; the chunked step is bound by the arithmetic
+same bits. ``python -m cllm.lab.bench_optim`` times them; the chunked step is bound by the arithmetic
 (11 passes over cached chunks, see ``AdamW``) rather than by memory. ``threads=N`` deals the chunks
 to N worker threads, which helps only where idle cores are available.
 
@@ -31,7 +31,7 @@ import numpy as np
 # Elements per chunk: 64K float32 = 256 KiB per operand, so the chunks of p, g, m, v and the scratch
 # buffer (1.25 MiB) stay in L2/L3 cache. Chunks from 32K to 256K perform within ~10% of each other;
 # 4K chunks are slower than the plain version (Python overhead per ufunc call), 1M chunks spill the
-# cache (benchmarks/bench_optim.py --chunks).
+# cache (python -m cllm.lab.bench_optim --chunks).
 DEFAULT_CHUNK = 1 << 16
 
 

@@ -32,7 +32,7 @@ from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
-from .checkpoint import atomic_write_text
+from ._atomic import atomic_write_text
 
 UNK = "<unk>"
 

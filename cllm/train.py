@@ -28,7 +28,7 @@ from .allocator import tune_allocator
 from .config import ModelConfig, TrainConfig
 from .data import eval_batches, get_batch
 from .model import Model
-from .optim import accumulate, clip_grad_norm, lr_at, make_optimizer, zeros_like_grads
+from .optim import AdamW, accumulate, clip_grad_norm, lr_at, make_optimizer, zeros_like_grads
 from .parallel import DataParallel, auto_workers
 
 
@@ -284,3 +284,37 @@ class Trainer:
         model.dropout_rng = ckpt.generator_from_state(st["dropout_rng"])
         trainer.history = History.from_dict(st["history"])
         return trainer
+
+
+# ---------------------------------------------------------------------------------------------- one timed step
+class TrainingStep:
+    """One float32 training step taken as :class:`cllm.train.Trainer` takes it, its phases timed.
+
+    One piece of code for ``bench``, ``bench --compare torch`` and the memory measurement: forward and
+    backward through :class:`cllm.parallel.DataParallel` (``workers`` threads; None: the trainer's
+    automatic choice for this batch), gradients written into buffers allocated once, then AdamW with
+    the trainer's defaults (``optimizer_threads`` None: automatic). Calling it with a batch returns
+    ``(loss, (forward, backward, optimizer))``, the phases in seconds of ``clock``.
+    """
+
+    def __init__(self, model: Model, batch_size: int, seq_len: int, workers=None, optimizer_threads=None,
+                 clock=time.perf_counter):
+        tc = TrainConfig()
+        self.model = model
+        self.optimizer = AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps,
+                               weight_decay=tc.weight_decay, threads=optimizer_threads)
+        self.parallel = DataParallel(model, auto_workers(batch_size, seq_len) if workers is None else workers)
+        self.grads = model.zeros_like_params()  # reused every step, as in the trainer
+        self.clock = clock
+
+    def __call__(self, x, y):
+        clock = self.clock
+        t0 = clock()
+        loss, parts = self.parallel.forward(x, y)
+        t1 = clock()
+        self.parallel.backward(parts, self.grads)
+        del parts  # the stores die before the update, as in the trainer
+        t2 = clock()
+        self.optimizer.step(self.grads)
+        t3 = clock()
+        return loss, (t1 - t0, t2 - t1, t3 - t2)

@@ -1,7 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 import cllm
+from cllm.config import PRESETS
+from cllm.gradcheck import perturb
 
 
 @pytest.fixture
@@ -11,16 +15,12 @@ def rng():
 
 def tiny_config(**overrides):
     """The model the whole-model gradient checks use: 2 layers, 2 heads, d_model 16, seq 8."""
-    base = dict(vocab_size=11, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_seq_len=8, dtype="float64")
-    base.update(overrides)
-    return cllm.ModelConfig(**base)
+    return dataclasses.replace(PRESETS["tiny"].model, **overrides)
 
 
 def perturbed_model(cfg, seed=0, scale=0.1):
     """A model whose parameters are moved off their init (no zero biases, no unit gains), so that no
     parameter's gradient can be hidden behind a trivial value."""
     model = cllm.Model(cfg, seed=seed)
-    r = np.random.default_rng(seed + 100)
-    for v in model.params.values():
-        v += r.normal(0.0, scale, v.shape).astype(v.dtype)
+    perturb(model.params, scale, seed + 100)
     return model

@@ -231,8 +231,7 @@ CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np
     import cllm.checkpoint as ck
-    sys.path.insert(0, sys.argv[3])
-    from test_checkpoint import save
+    from test_checkpoint import save  # tests/ is on the child's PYTHONPATH
 
     run_dir, point = sys.argv[1], sys.argv[2]
     save(run_dir, 1, seed=1)                      # a complete checkpoint
@@ -261,8 +260,9 @@ CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("point", ["mid-file", "before-latest"])
 def test_sigkill_during_save_leaves_the_previous_checkpoint(tmp_path, point):
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(run), point, str(Path(__file__).parent)],
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(run), point],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = child.stdout.readline()

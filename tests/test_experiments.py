@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from cllm import experiments as ex
+from cllm.lab import lattice_experiment as ex
 from cllm.data import builtin_corpus
 from cllm.lattice.model import word_lattice_codes
 from cllm.lattice.similarity import gcd_similarity_matrix

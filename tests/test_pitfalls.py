@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import cllm
-from cllm import ops, pitfalls
+from cllm import ops
+from cllm.course import pitfalls
 
 from conftest import tiny_config
 
@@ -62,10 +63,9 @@ def test_doubled_input_attention_cannot_see_context(rng):
 
 def test_doubled_input_attention_backward_is_consistent(rng):
     """Broken as a model, but its own backward is the true gradient of its own forward."""
-    from cllm.gradcheck import check_model
+    from cllm.gradcheck import check_model, perturb
     fake = pitfalls.DoubledInputAttentionModel(tiny_config(), seed=0)
-    for v in fake.params.values():
-        v += rng.normal(0.0, 0.1, v.shape)
+    perturb(fake.params, 0.1, rng)
     idx = rng.integers(0, 11, (3, 8))
     assert check_model(fake, idx, np.roll(idx, -1, 1), max_entries=20).max_rel_error < 1e-6
 

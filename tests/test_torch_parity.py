@@ -1,11 +1,10 @@
 """cllm's hand-written forward and backward passes and its AdamW against an independent PyTorch
-implementation of the same model (benchmarks/torch_reference.py), on the same weights and batch.
+implementation of the same model (cllm/lab/torch_reference.py), on the same weights and batch.
 
 float64: the loss to 1e-12, every gradient tensor and the parameters after three AdamW steps to 1e-10
 (relative, ||a - b|| / ||b||). float32: every gradient to 1e-4. Over tied and untied heads and both
 MLP activations. Skipped when torch (an optional extra) is not installed.
 """
-import os
 import sys
 
 import numpy as np
@@ -13,12 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is optional: pip install torch==2.13.0 to run the parity tests")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-
 import cllm  # noqa: E402
+from cllm.gradcheck import perturb  # noqa: E402
+from cllm.lab.torch_reference import TorchGPT, decay_groups, make_torch_adamw  # noqa: E402
 from cllm.model import param_shapes  # noqa: E402
 from cllm.optim import AdamW, default_decay  # noqa: E402
-from torch_reference import TorchGPT, decay_groups, make_torch_adamw  # noqa: E402
 
 V, C, L, H, D_FF, T, B = 37, 32, 2, 4, 64, 16, 3
 # lr 3e-3: three steps move every tensor by percents. The key part of c_attn.bias has a gradient that is
@@ -46,9 +44,7 @@ def make_model(tie, act, dtype, seed=0):
     cfg = cllm.ModelConfig(vocab_size=V, d_model=C, n_layers=L, n_heads=H, d_ff=D_FF, max_seq_len=T,
                            dtype=dtype, activation=act, tie_weights=tie)
     model = cllm.Model(cfg, seed=seed)
-    r = np.random.default_rng(seed + 100)
-    for v in model.params.values():
-        v += r.normal(0.0, 0.1, v.shape).astype(v.dtype)
+    perturb(model.params, 0.1, seed + 100)
     return model
 
 
@@ -189,7 +185,7 @@ def test_parity_is_not_vacuous():
 
 # ------------------------------------------------------------------------------------ the bench's switch
 def test_compare_torch_without_torch_says_how_to_enable(monkeypatch, capsys):
-    from cllm import bench_torch
+    from cllm.lab import compare_torch as bench_torch
 
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail, as when it is absent
     assert bench_torch.compare_torch(repeats=1, configs=("small",), peak=1.0) == 2
@@ -197,17 +193,8 @@ def test_compare_torch_without_torch_says_how_to_enable(monkeypatch, capsys):
     assert len(out) == 1 and "pip install torch==2.13.0" in out[0]
 
 
-def test_compare_torch_without_reference_folder(monkeypatch, capsys, tmp_path):
-    from cllm import bench_torch
-
-    monkeypatch.setattr(bench_torch, "_benchmarks_dir", lambda: tmp_path)  # an empty folder
-    assert bench_torch.compare_torch(repeats=1, configs=("small",), peak=1.0) == 2
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "torch_reference.py" in out[0]
-
-
 def test_interleaved_timing_runs_both_on_the_same_model():
-    from cllm import bench_torch
+    from cllm.lab import compare_torch as bench_torch
 
     cfg = cllm.ModelConfig(vocab_size=V, d_model=C, n_layers=1, n_heads=H, d_ff=D_FF, max_seq_len=T)
     r = bench_torch._interleaved(cfg, 2, 2, torch, TorchGPT, make_torch_adamw, warmup=1)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 import cllm
-from cllm.explorer import (ExplorerSettings, prepare_data, results_text, run_training, settings_to_configs,
+from cllm.course.explorer import (ExplorerSettings, prepare_data, results_text, run_training, settings_to_configs,
                            smooth)
-from cllm.stepthrough import StepThrough, heatmap_array, tiny_demo
+from cllm.course.stepthrough import StepThrough, heatmap_array, tiny_demo
 
 W = pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
-from cllm.widgets import EXPLORER_CSS_CLASSES, STEP_CSS_CLASSES, Explorer, StepThroughWidget  # noqa: E402
+from cllm.course.widgets import EXPLORER_CSS_CLASSES, STEP_CSS_CLASSES, Explorer, StepThroughWidget  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
 
@@ -40,7 +40,7 @@ def explorer(data):
 
 # ------------------------------------------------------------------------------ pure logic
 def test_import_cllm_stays_cheap():
-    code = ("import sys, cllm, cllm.explorer, cllm.stepthrough; cllm.Model; "
+    code = ("import sys, cllm, cllm.course.explorer, cllm.course.stepthrough; cllm.Model; "
             "bad = [m for m in ('ipywidgets', 'matplotlib') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -254,13 +254,13 @@ def test_tiny_demo_on_real_text():
 
 
 def test_a_failed_run_is_reported_not_lost(explorer, monkeypatch):
-    import cllm.explorer
+    import cllm.course.explorer
     from cllm.train import TrainingDiverged
 
     def diverge(*args, **kwargs):
         raise TrainingDiverged("step 7: loss is nan (lr 0.3)")
 
-    monkeypatch.setattr(cllm.explorer, "run_training", diverge)
+    monkeypatch.setattr(cllm.course.explorer, "run_training", diverge)
     explorer.start()
     assert explorer.wait(timeout=30) is None and explorer.runs == []
     assert explorer.status_kind == "error" and "step 7: loss is nan" in explorer.status_text

@@ -6,7 +6,7 @@ with Playwright for Python, and checks that
 
 * the hyperparameter explorer (notebook 11) trains when its controls are changed and Train is
   clicked: the live loss curve changes and the final validation loss it shows is the one
-  ``cllm.explorer.run_training`` gives for the same settings;
+  ``cllm.course.explorer.run_training`` gives for the same settings;
 * the step-through (notebook 12) walks the forward pass in the activation store's order and then the
   backward pass from the logits, with the label, phase, statistics and heat map following;
 * every other notebook renders with its stored outputs (figures included) and without errors;
@@ -479,7 +479,7 @@ def lab(tmp_path_factory):
 
 # --------------------------------------------------------------------------------------- tests
 def test_explorer_trains_from_the_browser(lab):
-    from cllm.explorer import ExplorerSettings, prepare_data, run_training
+    from cllm.course.explorer import ExplorerSettings, prepare_data, run_training
 
     nb = lab.open(EXPLORER_NB)
     try:
@@ -563,7 +563,7 @@ def test_explorer_trains_from_the_browser(lab):
 
 
 def test_step_through_walks_forward_then_backward(lab):
-    from cllm.stepthrough import tiny_demo
+    from cllm.course.stepthrough import tiny_demo
 
     st = tiny_demo(train_steps=200, seed=0)[0]  # what the notebook builds (FULL = False)
     n_fwd = len(st.names("forward"))

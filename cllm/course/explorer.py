@@ -1,4 +1,4 @@
-"""The logic behind the hyperparameter explorer (``cllm.widgets.Explorer``), without any widget.
+"""The logic behind the hyperparameter explorer (``cllm.course.widgets.Explorer``), without any widget.
 
     data = prepare_data()                          # a char-level slice of the built-in corpus, once
     settings = ExplorerSettings(lr=3e-3, steps=60)
@@ -16,7 +16,6 @@ draw on a bare ``matplotlib.figure.Figure`` (no pyplot), which is safe from a ba
 """
 from __future__ import annotations
 
-import io
 import math
 import threading
 from dataclasses import asdict, dataclass, fields
@@ -25,7 +24,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .config import INITS, OPTIMIZERS, ModelConfig, TrainConfig
+from ..config import INITS, OPTIMIZERS, ModelConfig, TrainConfig
+from ..plots import figure_png, plot_live, plot_runs, smooth  # noqa: F401  (the explorer's pictures)
 
 #: the choices of the "init" control: the model's three initialisations, and "lattice", which keeps
 #: GPT-2's init for the weights but builds the token embedding from prime features
@@ -147,8 +147,8 @@ class ExplorerData:
 def prepare_data(n_chars: int = 200_000, val_frac: float = 0.1) -> ExplorerData:
     """The first ``n_chars`` characters of the built-in corpus, a character tokenizer fitted on them,
     and a split into the first 90% (training) and the last 10% (validation). Cached: prepared once."""
-    from .data import builtin_corpus, split
-    from .tokenizer import CharTokenizer
+    from ..data import builtin_corpus, split
+    from ..tokenizer import CharTokenizer
 
     text = builtin_corpus()[:n_chars]
     tok = CharTokenizer.fit(text)
@@ -199,9 +199,9 @@ def run_training(settings: ExplorerSettings, data: Optional[ExplorerData] = None
     """
     import time
 
-    from .generate import generate
-    from .model import Model
-    from .train import Trainer
+    from ..generate import generate
+    from ..model import Model
+    from ..train import Trainer
 
     data = prepare_data() if data is None else data
     model_cfg, train_cfg = settings_to_configs(settings, data.vocab_size)
@@ -230,68 +230,6 @@ def run_training(settings: ExplorerSettings, data: Optional[ExplorerData] = None
                      final_val_loss=float(history.val_loss[-1]), sample=sample, model=model,
                      steps_done=trainer.step, stopped=stopped, seconds=time.perf_counter() - t0,
                      label=settings.label())
-
-
-# ---------------------------------------------------------------------------------------- pictures
-def plot_live(ax, history, title="this run"):
-    """The current run's training loss (thin line) and validation loss (dots) on ``ax``."""
-    if history is not None and history.step:
-        ax.plot(history.step, history.train_loss, lw=0.8, color="tab:blue", alpha=0.8, label="train")
-    if history is not None and history.val_loss:
-        ax.plot(history.val_step, history.val_loss, "o-", ms=4, color="tab:orange", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/char)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(loc="upper right", fontsize=8)
-    return ax
-
-
-def smooth(values, window: int = 10) -> np.ndarray:
-    """Trailing moving average (the first points average what exists so far)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0 or window <= 1:
-        return v
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    n = np.arange(1, v.size + 1)
-    lo = np.maximum(0, n - window)
-    return (c[n] - c[lo]) / (n - lo)
-
-
-def plot_runs(ax, runs: Sequence[RunResult], title="runs compared", train_window: int = 10):
-    """Every finished run on one axes: validation loss (solid, dots) and the smoothed training loss
-    (dotted) in the run's colour, labelled ``run k: <settings>``."""
-    for k, run in enumerate(runs, 1):
-        color = f"C{(k - 1) % 10}"
-        h = run.history
-        if h.step:
-            ax.plot(h.step, smooth(h.train_loss, train_window), ":", lw=1, color=color)
-        if h.val_loss:
-            ax.plot(h.val_step, h.val_loss, "o-", ms=3, color=color, label=f"run {k}: {run.label}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss (solid), train (dotted)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if runs:
-        ax.legend(loc="upper right", fontsize=7)
-    return ax
-
-
-def figure_png(draw, figsize=(5.5, 3.6), dpi=90) -> bytes:
-    """PNG bytes of a figure drawn by ``draw(ax)``, with matplotlib's Agg canvas and no pyplot (so no
-    global state: safe to call from a training thread)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    draw(ax)
-    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.91)  # fixed: cheaper than tight_layout
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def results_table(runs: Sequence[RunResult]) -> list:

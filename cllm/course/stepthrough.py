@@ -1,4 +1,4 @@
-"""The logic behind the step-through view (``cllm.widgets.StepThroughWidget``), without any widget.
+"""The logic behind the step-through view (``cllm.course.widgets.StepThroughWidget``), without any widget.
 
     st = StepThrough.from_model(model, idx, targets)   # runs forward, then backward with a trace
     st.steps[0]            # ("forward", "h.0.ln_1.in", array)
@@ -13,7 +13,6 @@ for display: what you see is what the backward pass read and wrote.
 """
 from __future__ import annotations
 
-import io
 from typing import Optional, Sequence
 
 import numpy as np
@@ -211,37 +210,20 @@ class StepThrough:
 def plot_heatmap(ax, step: tuple, cmap=None, colorbar=True):
     """Heat map of a (phase, name, array) step on ``ax``: activations in a sequential colour map,
     gradients in a diverging one centred on zero (so the sign of each entry can be read)."""
+    from ..plots import plot_heatmap_2d
+
     phase, name, arr = step
-    a2 = heatmap_array(arr).astype(np.float64)
     rows, cols = _describe_axes(name, np.ndim(arr))
-    if phase == "backward":
-        lim = float(np.abs(a2).max()) or 1.0
-        im = ax.imshow(a2, aspect="auto", cmap=cmap or "RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-        title = f"d loss / d {name}"
-    else:
-        im = ax.imshow(a2, aspect="auto", cmap=cmap or "viridis", interpolation="nearest")
-        title = name
-    ax.set_title(f"{title}  {tuple(np.shape(arr))}", fontsize=10)
-    ax.set_ylabel(rows, fontsize=8)
-    ax.set_xlabel(cols, fontsize=8)
-    if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    return im
+    title = f"d loss / d {name}" if phase == "backward" else name
+    return plot_heatmap_2d(ax, heatmap_array(arr), f"{title}  {tuple(np.shape(arr))}", rows, cols,
+                           signed=phase == "backward", cmap=cmap, colorbar=colorbar)
 
 
 def heatmap_png(step: tuple, figsize=(5.5, 3.4), dpi=90) -> bytes:
     """PNG bytes of :func:`plot_heatmap` (matplotlib's Agg canvas, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..plots import figure_png
 
-    fig = Figure(figsize=figsize, dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    plot_heatmap(ax, step)
-    fig.subplots_adjust(left=0.12, right=0.86, bottom=0.14, top=0.9)  # fixed: cheaper than tight_layout
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return figure_png(lambda ax: plot_heatmap(ax, step), figsize, dpi, margins=(0.12, 0.86, 0.14, 0.9))
 
 
 # ------------------------------------------------------------------------------------ the demo
@@ -257,13 +239,13 @@ def tiny_demo(train_steps: int = 0, seed: int = 0, text: Optional[str] = None, b
     the snippet. With ``train_steps > 0`` the model first trains on the snippet (AdamW, lr 1e-2) so
     the pictures show a model that has learned something rather than its initialisation.
     """
-    from .config import ModelConfig, TrainConfig
-    from .data import eval_windows
-    from .model import Model
-    from .tokenizer import CharTokenizer
+    from ..config import ModelConfig, TrainConfig
+    from ..data import eval_windows
+    from ..model import Model
+    from ..tokenizer import CharTokenizer
 
     if text is None:
-        from .data import builtin_topics
+        from ..data import builtin_topics
         text = builtin_topics()[DEMO_TEXT_KEY]
     tok = CharTokenizer.fit(text)
     ids = tok.encode(text)
@@ -271,7 +253,7 @@ def tiny_demo(train_steps: int = 0, seed: int = 0, text: Optional[str] = None, b
                       max_seq_len=seq_len, dtype="float64")
     model = Model(cfg, seed=seed)
     if train_steps > 0:
-        from .train import Trainer
+        from ..train import Trainer
         tcfg = TrainConfig(batch_size=16, seq_len=seq_len, steps=train_steps, lr=1e-2, min_lr=1e-3,
                            warmup_steps=0, lr_decay_steps=train_steps, eval_interval=train_steps,
                            checkpoint_interval=train_steps, seed=seed)

@@ -1,8 +1,8 @@
 """``python -m cllm bench --compare torch``: cllm next to PyTorch on the CPU, in one process.
 
-For each configuration of :data:`cllm.bench.CONFIGS` the same float32 model (same weights, same batch)
+For each preset of :data:`cllm.config.PRESETS` named (seed, small) the same float32 model (same weights, same batch)
 is trained by cllm (numpy, hand-written backward, chunked AdamW) and by the PyTorch reference in
-``benchmarks/torch_reference.py`` (autograd, ``scaled_dot_product_attention``, fused AdamW). Steps
+``cllm/lab/torch_reference.py`` (autograd, ``scaled_dot_product_attention``, fused AdamW). Steps
 alternate A B A B after a warm-up, so background load on a shared machine falls on both alike; the
 forward, backward and optimizer phases are timed separately and medians are reported. Then:
 
@@ -30,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .activations import activation_bytes
-from .bench import CONFIGS, TrainingStep, machine_line, matmul_peak, random_batch, step_flops
-from .config import ModelConfig, TrainConfig
-from .model import Model
+from ..activations import activation_bytes
+from ..config import PRESETS, ModelConfig, TrainConfig
+from ..model import Model
+from ..train import TrainingStep
+from .bench import machine_line, matmul_peak, random_batch, step_flops
 
-ENABLE = "pip install torch==2.13.0 (CPU wheel) and run from a checkout that has benchmarks/torch_reference.py"
+ENABLE = "pip install torch==2.13.0 (the CPU wheel)"
 
 TARGETS = {"seed": dict(ratio=1.3, peak=0.40), "small": dict(ratio=1.2, peak=None)}
 MEMORY_TARGET = 1.3  # peak RSS <= 1.3 x (analytic + interpreter baseline)
@@ -81,8 +82,15 @@ def _busy_by_others(seconds=1.0):
 BUSY_LIMIT = 0.25  # above this share of the cores taken by others, wall-clock verdicts are flagged
 
 
-def _benchmarks_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "benchmarks"
+def _package_parent() -> str:
+    """The folder that holds the ``cllm`` package, put on a child interpreter's PYTHONPATH so that it
+    imports this same copy (an installed package or a checkout alike)."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def _child_env(**extra) -> dict:
+    paths = [_package_parent()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), **extra)
 
 
 def _load_reference():
@@ -92,13 +100,7 @@ def _load_reference():
     except ImportError:
         print(f"--compare torch needs PyTorch, which is not installed: {ENABLE}")
         return None
-    folder = _benchmarks_dir()
-    if not (folder / "torch_reference.py").is_file():
-        print(f"--compare torch needs {folder / 'torch_reference.py'}, which is missing: {ENABLE}")
-        return None
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    from torch_reference import TorchGPT, make_torch_adamw
+    from .torch_reference import TorchGPT, make_torch_adamw
 
     return torch, TorchGPT, make_torch_adamw
 
@@ -187,7 +189,7 @@ def _speed(configs, repeats, peak, torch, TorchGPT, make_torch_adamw, flag="") -
     """Wall-clock comparison per configuration; ``flag`` is appended to every verdict (a busy machine)."""
     verdicts = []
     for name in configs:
-        cfg, B = CONFIGS[name]
+        cfg, B = PRESETS[name].model, PRESETS[name].batch_size
         T = cfg.max_seq_len
         r = _interleaved(cfg, B, repeats, torch, TorchGPT, make_torch_adamw)
         after = matmul_peak()  # the machine's speed drifts (other tenants): the better of before and after
@@ -230,7 +232,7 @@ def _single_thread_child(configs, repeats) -> dict:
     best = min(_cpu_seconds(lambda: a @ b) for _ in range(7))
     out = {"peak": 2 * 1024**3 / best / 1e9, "configs": {}}
     for name in configs:
-        cfg, B = CONFIGS[name]
+        cfg, B = PRESETS[name].model, PRESETS[name].batch_size
         out["configs"][name] = _interleaved(cfg, B, repeats, torch, TorchGPT, make_torch_adamw, clock=time.thread_time)
     return out
 
@@ -244,11 +246,9 @@ def _cpu_seconds(fn) -> float:
 def _single_thread(configs, repeats) -> None:
     """The same interleaved steps with one thread per library, timed in thread CPU time (a subprocess,
     because the BLAS thread count is fixed when numpy loads). Informative only: no target applies."""
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    cmd = [sys.executable, "-m", "cllm.bench_torch", "--single-thread", str(repeats), *configs]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=1800)
+    env = _child_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "cllm.lab.compare_torch", "--single-thread", str(repeats), *configs]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0 or not proc.stdout.strip():
         print(f"\n[one thread each] the subprocess failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
         return
@@ -258,7 +258,7 @@ def _single_thread(configs, repeats) -> None:
           f"the thread's CPU time, which other processes barely disturb; 1024^3 matmul on one core: "
           f"{peak1:.1f} GFLOP/s (the 'of peak' below). Informative; the targets above are judged on wall time.")
     for name, r in res["configs"].items():
-        cfg, B = CONFIGS[name]
+        cfg, B = PRESETS[name].model, PRESETS[name].batch_size
         T = cfg.max_seq_len
         print(f"  [{name}]")
         tps, _ = _table(r, B, T, step_flops(cfg, B, T), peak1, indent="    ")
@@ -266,48 +266,10 @@ def _single_thread(configs, repeats) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- memory
-_MEMORY_SCRIPT = r"""
-import json, resource, sys
-sys.path.insert(0, {root!r})
-import numpy as np
-import cllm
-from cllm.bench import CONFIGS, TrainingStep
-from cllm.model import Model
-from cllm.allocator import tune_allocator
-
-def hwm():
-    # Peak RSS of this process's memory map. ru_maxrss is the same figure, except that Linux carries the
-    # parent's RSS at fork time over into a child's ru_maxrss; /proc/self/status VmHWM starts afresh.
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-def maxrss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-base, base_ru = hwm(), maxrss()
-cfg, B = CONFIGS["seed"]
-model = Model(cfg, seed=0)
-tune_allocator()
-step = TrainingStep(model, B, cfg.max_seq_len)  # as the trainer steps; the stores die inside each call
-rng = np.random.default_rng(0)
-
-for _ in range({steps}):
-    step(rng.integers(0, cfg.vocab_size, (B, cfg.max_seq_len)), rng.integers(0, cfg.vocab_size, (B, cfg.max_seq_len)))
-print(json.dumps(dict(base=base, peak=hwm(), base_ru=base_ru, peak_ru=maxrss(), params=model.num_params())))
-"""
-
-
 def _measure_memory(steps=4):
     """Run the seed configuration's training in a fresh interpreter; its RSS figures (bytes) or an error."""
-    root = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT.format(root=root, steps=steps)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "cllm.lab.memory_probe", str(steps)],
+                          capture_output=True, text=True, env=_child_env(), timeout=600)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "steps": steps}
     r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -321,7 +283,7 @@ def _measure_memory(steps=4):
 
 
 def _memory_report(r) -> bool:
-    cfg, B = CONFIGS["seed"]
+    cfg, B = PRESETS["seed"].model, PRESETS["seed"].batch_size
     T = cfg.max_seq_len
     steps = r["steps"]
     if "error" in r:
@@ -356,9 +318,9 @@ def _memory_report(r) -> bool:
 def _kv_cache(n_new=256, repeats=3, flag="") -> bool:
     """Greedy generation of ``n_new`` tokens with and without the KV cache; cached runs ``repeats`` times
     (median), the slow recomputation once, in the middle."""
-    from .generate import generate
+    from ..generate import generate
 
-    base, _ = CONFIGS["small"]
+    base = PRESETS["small"].model
     cfg = ModelConfig(**{**base.to_dict(), "max_seq_len": n_new})
     model = Model(cfg, seed=0)
     prompt = np.array([0])
@@ -384,21 +346,25 @@ def _kv_cache(n_new=256, repeats=3, flag="") -> bool:
 
 # ---------------------------------------------------------------------------------------------- entry
 def compare_torch(repeats=20, configs=("seed", "small"), peak=None) -> int:
-    """Print the comparison; return 0 when it ran (whatever the verdicts), 2 when torch or the reference
-    is missing."""
+    """Print the comparison; return 0 when it ran (whatever the verdicts), 2 when torch is missing."""
     import importlib.util
 
-    if importlib.util.find_spec("torch") is None or not (_benchmarks_dir() / "torch_reference.py").is_file():
+    if importlib.util.find_spec("torch") is None:
         _load_reference()  # prints the one line that says what is missing
         return 2
+    from ..allocator import tune_allocator
+
+    tune_allocator()  # as the trainer does (see cllm/allocator.py); applies to both libraries alike
+    print(f"machine: {machine_line()}")
+    if peak is None:
+        peak = matmul_peak()
+    print(f"float32 matmul 2048 x 2048: {peak:.1f} GFLOP/s")
     # memory first, while this process is still small (a child starts from its parent's footprint)
     memory = _measure_memory()
     loaded = _load_reference()
     if loaded is None:
         return 2
     torch, TorchGPT, make_torch_adamw = loaded
-    if peak is None:
-        peak = matmul_peak()
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     busy = _busy_by_others()
@@ -427,5 +393,5 @@ if __name__ == "__main__":  # the single-thread child of _single_thread
     if len(sys.argv) >= 3 and sys.argv[1] == "--single-thread":
         print(json.dumps(_single_thread_child(sys.argv[3:], int(sys.argv[2]))))
     else:
-        sys.exit("usage: python -m cllm.bench_torch --single-thread REPEATS CONFIG...  (internal; "
+        sys.exit("usage: python -m cllm.lab.compare_torch --single-thread REPEATS CONFIG...  (internal; "
                  "use python -m cllm bench --compare torch)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import Model
+from ..model import Model
 
 
 # ---------------------------------------------------------------------------- 1. the wrong backward

@@ -1,4 +1,4 @@
-"""Measured experiments: ``python -m cllm experiment lattice [--seeds 5] [--steps 500] [--out figures]``.
+"""The lattice experiment: ``python -m cllm experiment lattice [--seeds 5] [--steps 500] [--out figures]``.
 
 The lattice experiment asks one question: do prime (lattice) embeddings, with or without the lattice
 attention bias, make the small model learn faster? The earlier project hoped they would "reduce the
@@ -45,6 +45,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .stats import compare, fmt_mean_std, mean_std
+
 DEFAULT_STEPS = 400        # ~15-20 minutes for 2 levels x 4 variants x 5 seeds on an idle 2-core machine
 WORD_MAX_VOCAB = 2000      # word vocabulary (most frequent tokens + <unk>): keeps the output head cheap
 EVAL_WINDOWS = 64          # validation subset: the first 64 windows of the validation split
@@ -74,9 +76,9 @@ class Level:
 
 def prepare_levels(text: Optional[str] = None, levels=LEVELS, max_vocab: int = WORD_MAX_VOCAB) -> dict:
     """Tokenise ``text`` (default: the built-in corpus) per level -> ``{name: Level}`` (90/10 split)."""
-    from .data import builtin_corpus, split
-    from .lattice.model import frequency_rank_codes, word_lattice_codes
-    from .tokenizer import CharTokenizer, WordTokenizer
+    from ..data import builtin_corpus, split
+    from ..lattice.model import frequency_rank_codes, word_lattice_codes
+    from ..tokenizer import CharTokenizer, WordTokenizer
 
     text = builtin_corpus() if text is None else text
     out = {}
@@ -103,7 +105,7 @@ def prepare_levels(text: Optional[str] = None, levels=LEVELS, max_vocab: int = W
 def gcd_facts(codes) -> dict:
     """How informative the GCD similarity of ``codes`` is: the share of distinct pairs with s > 0 and
     the largest off-diagonal similarity (0 for distinct primes: S is the identity, the regulariser 0)."""
-    from .lattice.similarity import gcd_similarity_matrix
+    from ..lattice.similarity import gcd_similarity_matrix
 
     S = gcd_similarity_matrix(np.asarray(codes))
     off = S[~np.eye(len(codes), dtype=bool)]
@@ -123,9 +125,9 @@ def run_one(level: Level, variant: str, seed: int, steps: int, model: Optional[d
     ``model`` / ``train`` override fields of :class:`cllm.ModelConfig` / :class:`cllm.TrainConfig` (the
     tests shrink the model this way); ``steps`` sets ``steps`` and ``lr_decay_steps``.
     """
-    from .config import ModelConfig, TrainConfig
-    from .model import Model
-    from .train import Trainer
+    from ..config import ModelConfig, TrainConfig
+    from ..model import Model
+    from ..train import Trainer
 
     t0 = time.perf_counter()
     tkw = dict(steps=steps, lr_decay_steps=steps, seed=seed, eval_interval=eval_every,
@@ -167,13 +169,6 @@ def run_one(level: Level, variant: str, seed: int, steps: int, model: Optional[d
 
 
 # ----------------------------------------------------------------------------------------- summary
-def _mean_std(values) -> tuple:
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
 def report_steps(steps: int, eval_every: int) -> list:
     """The fixed steps of the table: about 1/10, 1/4 and 1/2 of the budget (on the grid) and the last
     step (40, 100, 200, 400 for 400 steps)."""
@@ -214,23 +209,18 @@ def summarize(runs: list, steps: int, eval_every: int) -> dict:
         rows = {}
         for variant in dict.fromkeys(r["variant"] for r in lr):
             vr = sorted((r for r in lr if r["variant"] == variant), key=lambda r: r["seed"])
-            row = dict(n=len(vr), seeds=[r["seed"] for r in vr], val_at={}, seconds=_mean_std([r["seconds"] for r in vr]))
+            row = dict(n=len(vr), seeds=[r["seed"] for r in vr], val_at={}, seconds=mean_std([r["seconds"] for r in vr]))
             for s in at:
-                row["val_at"][str(s)] = _mean_std([r["val_loss"][r["val_step"].index(s)] for r in vr])
-            row["final_full"] = _mean_std([r["final_val_full"] for r in vr])
+                row["val_at"][str(s)] = mean_std([r["val_loss"][r["val_step"].index(s)] for r in vr])
+            row["final_full"] = mean_std([r["final_val_full"] for r in vr])
             paired = [r["final_val_full"] - base[r["seed"]]["final_val_full"] for r in vr if r["seed"] in base]
-            row["delta_full_vs_baseline"] = _mean_std(paired) + (len(paired),)
+            row["delta_full_vs_baseline"] = mean_std(paired) + (len(paired),)
             reached = [steps_to(r, thr) for r in vr]
             hit = [s for s in reached if s is not None]
-            row["steps_to_threshold"] = dict(per_seed=reached, mean_std=_mean_std(hit), reached=len(hit))
+            row["steps_to_threshold"] = dict(per_seed=reached, mean_std=mean_std(hit), reached=len(hit))
             rows[variant] = row
         summary[level] = dict(threshold=thr, report_steps=at, variants=rows)
     return summary
-
-
-def _fmt(ms, digits=3) -> str:
-    m, s = ms[0], ms[1]
-    return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def format_table(summary: dict, levels: dict = None) -> str:
@@ -255,26 +245,16 @@ def format_table(summary: dict, levels: dict = None) -> str:
                     reach += f" ({st['reached']}/{row['n']} reached)"
             d = row["delta_full_vs_baseline"]
             delta = "—" if variant == BASELINE or d[2] == 0 else f"{d[0]:+.3f} ± {d[1]:.3f}"
-            cells = [variant, str(row["n"])] + [_fmt(row["val_at"][str(s)]) for s in at] + [
-                _fmt(row["final_full"]), delta, reach, f"{row['seconds'][0]:.0f}"]
+            cells = [variant, str(row["n"])] + [fmt_mean_std(row["val_at"][str(s)]) for s in at] + [
+                fmt_mean_std(row["final_full"]), delta, reach, f"{row['seconds'][0]:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def compare(delta: tuple) -> str:
-    """'better' / 'worse' when a paired difference (mean, std, n) is more than 2 standard errors from 0,
-    otherwise 'not measurably different'."""
-    mean, std, n = delta
-    if n < 2 or math.isnan(mean):
-        return "not compared (fewer than 2 seeds)"
-    se = std / math.sqrt(n)
-    return "better" if mean < -2 * se else "worse" if mean > 2 * se else "not measurably different"
-
-
 def verdict(summary: dict) -> str:
     """One plain sentence per level comparing every variant with the baseline (steps to the threshold
-    and the paired final full-split loss, with the 2-standard-error rule of :func:`compare`)."""
+    and the paired final full-split loss, with the 2-standard-error rule of :func:`cllm.lab.stats.compare`)."""
     out = []
     for level, block in summary.items():
         rows = block["variants"]
@@ -297,54 +277,17 @@ def verdict(summary: dict) -> str:
             parts.append(f"{variant} {reach(row)}; its final full-split loss is {compare(d)} "
                          f"({d[0]:+.3f} ± {d[1]:.3f}, paired over {d[2]} seeds)")
         b = rows[BASELINE]
-        out.append(f"{level} level: {BASELINE} {reach(b)} (final full-split loss {_fmt(b['final_full'])}); "
+        out.append(f"{level} level: {BASELINE} {reach(b)} (final full-split loss {fmt_mean_std(b['final_full'])}); "
                    + "; ".join(parts) + ".")
     return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------------------- the figure
 def plot_results(runs: list, summary: dict, path=None, axes=None):
-    """Validation (subset) loss against step: mean line and +-1 std band per variant, one panel per
-    level, the level's threshold dashed. Saved as PNG when ``path`` is given. Returns the figure."""
-    from .viz import _plt
+    """The experiment's figure: :func:`cllm.plots.plot_lattice_experiment`."""
+    from ..plots import plot_lattice_experiment
 
-    plt = _plt()
-    levels = list(summary)
-    if axes is None:
-        fig, axes = plt.subplots(1, len(levels), figsize=(6.2 * len(levels), 4.2), dpi=100, squeeze=False)
-        axes = axes[0]
-    fig = axes[0].figure
-    colors = {"learned": "tab:blue", "lattice": "tab:orange", "lattice+attn": "tab:green", "random-F": "tab:gray"}
-    styles = {"lattice+attn": "--", "random-F": ":"}   # lattice+attn can lie on top of lattice
-    for ax, level in zip(axes, levels):
-        lo, hi = math.inf, -math.inf
-        for variant in summary[level]["variants"]:
-            vr = [r for r in runs if r["level"] == level and r["variant"] == variant]
-            steps = np.array(vr[0]["val_step"])
-            curves = np.array([r["val_loss"] for r in vr])                # (seeds, points)
-            mean, std = curves.mean(axis=0), curves.std(axis=0, ddof=1) if len(vr) > 1 else np.zeros(len(steps))
-            c = colors.get(variant)
-            ax.plot(steps, mean, color=c, ls=styles.get(variant, "-"), lw=1.6, label=f"{variant} (n={len(vr)})")
-            ax.fill_between(steps, mean - std, mean + std, color=c, alpha=0.2, lw=0)
-            late = steps >= max(steps[-1] * 0.1, steps[1] if len(steps) > 1 else 0)
-            lo, hi = min(lo, float((mean - std)[late].min())), max(hi, float((mean + std)[late].max()))
-        thr = summary[level]["threshold"]
-        ax.axhline(thr, color="gray", ls="--", lw=1, label=f"threshold {thr:.2f}")
-        if math.isfinite(lo) and hi > lo:
-            pad = 0.05 * (hi - lo)
-            ax.set_ylim(lo - pad, hi + pad)
-        ax.set_title(f"{level} level")
-        ax.set_xlabel("step")
-        ax.set_ylabel("validation loss (first windows, nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Does the lattice help? mean ± 1 std over seeds, same data order per seed")
-    fig.tight_layout()
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-    return fig
+    return plot_lattice_experiment(runs, summary, path, axes)
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -353,7 +296,7 @@ def _print(*args):
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    from .checkpoint import atomic_write_text
+    from .._atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
@@ -429,7 +372,7 @@ def run_lattice(seeds: int = 5, steps: int = DEFAULT_STEPS, out="figures", text:
 def write_reports(payload: dict, out, plot: bool = True) -> tuple:
     """Write ``lattice_experiment.md`` (and ``.png``) into ``out`` from a payload (see :func:`load_results`
     to rebuild them from a JSON file). Returns (table, conclusion)."""
-    from .checkpoint import atomic_write_text
+    from .._atomic import atomic_write_text
 
     out = Path(out)
     cfg = payload["config"]
@@ -466,9 +409,9 @@ def write_reports(payload: dict, out, plot: bool = True) -> tuple:
         md += [f"Wall time of the run that wrote these numbers: {payload['wall_s']:.0f} s.", ""]
     atomic_write_text(out / "lattice_experiment.md", "\n".join(md))
     if plot:
-        fig = plot_results(payload["runs"], summary, out / "lattice_experiment.png")
-        from .viz import _plt
-        _plt().close(fig)
+        from ..plots import close, plot_lattice_experiment
+
+        close(plot_lattice_experiment(payload["runs"], summary, out / "lattice_experiment.png"))
     return table, conclusion
 
 

@@ -1,10 +1,10 @@
 """ipywidgets interfaces: the hyperparameter explorer and the forward/backward step-through.
 
-    from cllm.widgets import Explorer, StepThroughWidget
+    from cllm.course.widgets import Explorer, StepThroughWidget
     explorer = Explorer();  display(explorer.widget)
     view = StepThroughWidget.demo();  display(view.widget)
 
-Both are thin: what they compute lives in :mod:`cllm.explorer` and :mod:`cllm.stepthrough`, which
+Both are thin: what they compute lives in :mod:`cllm.course.explorer` and :mod:`cllm.course.stepthrough`, which
 tests call directly. Every method a button calls is a plain method too (``explorer.start()``,
 ``explorer.stop()``, ``view.next()``), so they run without a browser.
 
@@ -359,7 +359,7 @@ class StepThroughWidget:
 
     @classmethod
     def demo(cls, train_steps: int = 200, seed: int = 0) -> "StepThroughWidget":
-        """The tiny model of :func:`cllm.stepthrough.tiny_demo`, trained ``train_steps`` steps."""
+        """The tiny model of :func:`cllm.course.stepthrough.tiny_demo`, trained ``train_steps`` steps."""
         from .stepthrough import tiny_demo
 
         return cls(tiny_demo(train_steps=train_steps, seed=seed)[0])

@@ -1,6 +1,6 @@
 """``python -m cllm bench``: how fast a training step runs, next to what this machine can do.
 
-In one process run it measures (1) the float32 matmul throughput of a 2048 x 2048 product, the
+In one process it measures (1) the float32 matmul throughput of a 2048 x 2048 product, the
 ceiling for everything else, then (2) full float32 training steps (forward, backward, AdamW) of the
 seed configuration and the small configuration, reporting medians. Shared machines are noisy, so
 only medians and ratios taken in the same run mean anything; nothing here is compared against a
@@ -14,19 +14,10 @@ import time
 
 import numpy as np
 
-from .allocator import tune_allocator
-from .config import ModelConfig, TrainConfig
-from .model import Model
-from .optim import AdamW
-from .parallel import DataParallel, auto_workers
-
-CONFIGS = {
-    # the earlier C project's model
-    "seed": (ModelConfig(vocab_size=611, d_model=512, n_layers=6, n_heads=8, d_ff=2048, max_seq_len=32), 4),
-    # nanoGPT's CPU "baby GPT" on characters
-    "small": (ModelConfig(vocab_size=65, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_seq_len=64), 12),
-}
-
+from ..allocator import tune_allocator
+from ..config import PRESETS, ModelConfig
+from ..model import Model
+from ..train import TrainingStep
 
 def matmul_peak(n=2048, repeats=7) -> float:
     """Median GFLOP/s of an (n x n) @ (n x n) float32 product (2 n^3 flops)."""
@@ -50,39 +41,6 @@ def step_flops(cfg: ModelConfig, B: int, T: int) -> int:
     weights = L * (3 * C * C + C * C + 2 * C * F) + V * C
     forward = 2 * B * T * weights + L * 4 * B * T * T * C
     return 3 * forward
-
-
-class TrainingStep:
-    """One float32 training step taken as :class:`cllm.train.Trainer` takes it, its phases timed.
-
-    One piece of code for ``bench``, ``bench --compare torch`` and the memory measurement: forward and
-    backward through :class:`cllm.parallel.DataParallel` (``workers`` threads; None: the trainer's
-    automatic choice for this batch), gradients written into buffers allocated once, then AdamW with
-    the trainer's defaults (``optimizer_threads`` None: automatic). Calling it with a batch returns
-    ``(loss, (forward, backward, optimizer))``, the phases in seconds of ``clock``.
-    """
-
-    def __init__(self, model: Model, batch_size: int, seq_len: int, workers=None, optimizer_threads=None,
-                 clock=time.perf_counter):
-        tc = TrainConfig()
-        self.model = model
-        self.optimizer = AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps,
-                               weight_decay=tc.weight_decay, threads=optimizer_threads)
-        self.parallel = DataParallel(model, auto_workers(batch_size, seq_len) if workers is None else workers)
-        self.grads = model.zeros_like_params()  # reused every step, as in the trainer
-        self.clock = clock
-
-    def __call__(self, x, y):
-        clock = self.clock
-        t0 = clock()
-        loss, parts = self.parallel.forward(x, y)
-        t1 = clock()
-        self.parallel.backward(parts, self.grads)
-        del parts  # the stores die before the update, as in the trainer
-        t2 = clock()
-        self.optimizer.step(self.grads)
-        t3 = clock()
-        return loss, (t1 - t0, t2 - t1, t3 - t2)
 
 
 def random_batch(cfg: ModelConfig, B: int, seed=0):
@@ -125,16 +83,12 @@ def machine_line() -> str:
             f"OPENBLAS_CORETYPE={core}")
 
 
-def run_bench(repeats=20, configs=("seed", "small"), compare=None) -> int:
-    tune_allocator()  # as the trainer does (see cllm/allocator.py); applies to both libraries alike
+def run_bench(repeats=20, configs=("seed", "small")) -> int:
+    """``python -m cllm bench``: the float32 step of each preset in ``configs`` against the matmul peak."""
+    tune_allocator()  # as the trainer does (see cllm/allocator.py)
     print(f"machine: {machine_line()}")
     peak = matmul_peak()
-    if compare == "torch":
-        print(f"float32 matmul 2048 x 2048: {peak:.1f} GFLOP/s")
-        from .bench_torch import compare_torch
-
-        return compare_torch(repeats=repeats, configs=configs, peak=peak)
-    rows = [(name, time_training_step(CONFIGS[name][0], CONFIGS[name][1], repeats)) for name in configs]
+    rows = [(name, time_training_step(PRESETS[name].model, PRESETS[name].batch_size, repeats)) for name in configs]
     before, after = peak, matmul_peak()  # the machine's speed drifts (other tenants): take the better
     peak = max(before, after)
     print(f"float32 matmul 2048 x 2048: {peak:.1f} GFLOP/s, the better of before ({before:.1f}) and after "
@@ -142,7 +96,7 @@ def run_bench(repeats=20, configs=("seed", "small"), compare=None) -> int:
     print(f"\n{'config':<6} {'params':>11} {'B x T':>7} {'workers':>7} {'forward':>9} {'backward':>9} {'AdamW':>8} {'step':>9} "
           f"{'tokens/s':>9} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>7}")
     for name, r in rows:
-        cfg, B = CONFIGS[name]
+        cfg, B = PRESETS[name].model, PRESETS[name].batch_size
         T = cfg.max_seq_len
         flops = step_flops(cfg, B, T)
         achieved = flops / r["step"] / 1e9

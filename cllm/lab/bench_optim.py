@@ -1,11 +1,11 @@
 """Time one AdamW step on the seed configuration's parameters: plain whole-array numpy vs. chunked.
 
-The seed configuration (the original C project): vocab 611, d_model 512, 6 layers, d_ff 2048,
-seq 32, untied output head -> 19,557,376 float32 parameters.
+The seed preset (``cllm.config.PRESETS["seed"]``, the original C project): vocab 611, d_model 512,
+6 layers, d_ff 2048, seq 32, tied head -> 19,244,544 parameters.
 
-    python benchmarks/bench_optim.py                 # plain vs. chunked (default chunk), median ms
-    python benchmarks/bench_optim.py --chunks        # also sweep chunk sizes
-    python benchmarks/bench_optim.py --dtype float64 --repeats 10 --threads 2 4 8
+    python -m cllm.lab.bench_optim                 # plain vs. chunked (default chunk), median ms
+    python -m cllm.lab.bench_optim --chunks        # also sweep chunk sizes
+    python -m cllm.lab.bench_optim --dtype float64 --repeats 10 --threads 2 4 8
 
 Both versions compute the same update (cllm's in the sums form, see cllm.optim.AdamW; compared after the
 timed steps).
@@ -15,24 +15,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from ..config import PRESETS
+from ..model import param_shapes
+from ..optim import DEFAULT_CHUNK, AdamW, adamw_reference, default_decay
 
-from cllm.checkpoint import expected_param_shapes  # noqa: E402
-from cllm.config import ModelConfig  # noqa: E402
-from cllm.optim import DEFAULT_CHUNK, AdamW, adamw_reference, default_decay  # noqa: E402
-
-SEED_CONFIG = ModelConfig(vocab_size=611, d_model=512, n_layers=6, n_heads=8, d_ff=2048, max_seq_len=32,
-                          tie_weights=False, dtype="float32")
+SEED_CONFIG = PRESETS["seed"].model
 
 
 def make(dtype, seed=0):
     rng = np.random.default_rng(seed)
-    shapes = expected_param_shapes(SEED_CONFIG)
+    shapes = param_shapes(SEED_CONFIG)
     params = {k: (0.02 * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
     grads = {k: (1e-3 * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
     return params, grads

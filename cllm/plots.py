@@ -1,0 +1,212 @@
+"""Every plot of the package: the command line's loss curve, the explorer's live and compared runs,
+the step-through's heat maps, the lattice experiment's figure, and the notebooks' figure files.
+
+The package's one matplotlib room: matplotlib is imported only when a plot is made. Functions that
+draw take an ``ax`` (or axes) and return it, so a notebook can place them in its own figures;
+:func:`figure_png` renders one to PNG bytes without pyplot (safe from a background thread, as the
+widgets need).
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "nbagg", "widget", "ipympl"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history, path=None, ax=None, title="loss", label=None):
+    """Training loss per step (thin) and validation loss (markers) of a :class:`cllm.train.History`.
+
+    With ``path`` the figure is written as PNG (folders created) and closed; returns the axes.
+    """
+    plt = _plt()
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    prefix = f"{label} " if label else ""
+    ax.plot(history.step, history.train_loss, lw=0.8, alpha=0.8, label=prefix + "train")
+    if history.val_loss:
+        ax.plot(history.val_step, history.val_loss, "o-", ms=4, label=prefix + "validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ax.figure.tight_layout()
+        ax.figure.savefig(path)
+        if own:
+            plt.close(ax.figure)
+    return ax
+
+
+FIGURES_ENV = "CLLM_WRITE_FIGURES"  # set to 1 when re-rendering the notebooks for a commit
+
+
+def save_figure(fig, path, dpi=100) -> "Path | None":
+    """Write ``fig`` as a PNG at ``path``, but only when the environment variable
+    ``CLLM_WRITE_FIGURES`` is ``1``; returns the path written, or None.
+
+    The notebooks call this for every figure that the README and ``figures/`` show. Running them as
+    tests (``python -m pytest``) therefore leaves the tracked figures as they are, while the
+    re-render (``CLLM_WRITE_FIGURES=1 jupyter nbconvert --execute ...``) refreshes them. The file is
+    written to a temporary name and renamed, so an interrupted run never leaves half a PNG.
+    """
+    import os
+
+    if os.environ.get(FIGURES_ENV) != "1":
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def figure_png(draw, figsize=(5.5, 3.6), dpi=90, margins=(0.13, 0.97, 0.14, 0.91)) -> bytes:
+    """PNG bytes of a figure drawn by ``draw(ax)``, with matplotlib's Agg canvas and no pyplot (so no
+    global state: safe to call from a training thread). ``margins``: (left, right, bottom, top) in
+    figure fractions, fixed because that is cheaper than ``tight_layout``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    draw(ax)
+    left, right, bottom, top = margins
+    fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------- the explorer's runs
+def smooth(values, window: int = 10) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or window <= 1:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    n = np.arange(1, v.size + 1)
+    lo = np.maximum(0, n - window)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def plot_live(ax, history, title="this run"):
+    """A run's training loss (thin line) and validation loss (dots) on ``ax``."""
+    if history is not None and history.step:
+        ax.plot(history.step, history.train_loss, lw=0.8, color="tab:blue", alpha=0.8, label="train")
+    if history is not None and history.val_loss:
+        ax.plot(history.val_step, history.val_loss, "o-", ms=4, color="tab:orange", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/char)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(loc="upper right", fontsize=8)
+    return ax
+
+
+def plot_runs(ax, runs, title="runs compared", train_window: int = 10):
+    """Finished runs (objects with ``history`` and ``label``) on one axes: validation loss (solid,
+    dots) and the smoothed training loss (dotted) in the run's colour, labelled ``run k: <label>``."""
+    for k, run in enumerate(runs, 1):
+        color = f"C{(k - 1) % 10}"
+        h = run.history
+        if h.step:
+            ax.plot(h.step, smooth(h.train_loss, train_window), ":", lw=1, color=color)
+        if h.val_loss:
+            ax.plot(h.val_step, h.val_loss, "o-", ms=3, color=color, label=f"run {k}: {run.label}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (solid), train (dotted)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if runs:
+        ax.legend(loc="upper right", fontsize=7)
+    return ax
+
+
+# ------------------------------------------------------------------------------- heat maps
+def plot_heatmap_2d(ax, a2, title, rows="", cols="", signed=False, cmap=None, colorbar=True):
+    """A 2-D array as a heat map on ``ax``: a sequential colour map, or with ``signed`` a diverging one
+    centred on zero (so the sign of each entry can be read). Returns the image."""
+    a2 = np.asarray(a2, dtype=np.float64)
+    if signed:
+        lim = float(np.abs(a2).max()) or 1.0
+        im = ax.imshow(a2, aspect="auto", cmap=cmap or "RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    else:
+        im = ax.imshow(a2, aspect="auto", cmap=cmap or "viridis", interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(rows, fontsize=8)
+    ax.set_xlabel(cols, fontsize=8)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    return im
+
+
+# ------------------------------------------------------------------------------- the lattice experiment
+def plot_lattice_experiment(runs: list, summary: dict, path=None, axes=None):
+    """Validation (subset) loss against step: mean line and +-1 std band per variant, one panel per
+    level, the level's threshold dashed (see :mod:`cllm.lab.lattice_experiment`). Saved as PNG when
+    ``path`` is given. Returns the figure."""
+    plt = _plt()
+    levels = list(summary)
+    if axes is None:
+        fig, axes = plt.subplots(1, len(levels), figsize=(6.2 * len(levels), 4.2), dpi=100, squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    colors = {"learned": "tab:blue", "lattice": "tab:orange", "lattice+attn": "tab:green", "random-F": "tab:gray"}
+    styles = {"lattice+attn": "--", "random-F": ":"}   # lattice+attn can lie on top of lattice
+    for ax, level in zip(axes, levels):
+        lo, hi = math.inf, -math.inf
+        for variant in summary[level]["variants"]:
+            vr = [r for r in runs if r["level"] == level and r["variant"] == variant]
+            steps = np.array(vr[0]["val_step"])
+            curves = np.array([r["val_loss"] for r in vr])                # (seeds, points)
+            mean, std = curves.mean(axis=0), curves.std(axis=0, ddof=1) if len(vr) > 1 else np.zeros(len(steps))
+            c = colors.get(variant)
+            ax.plot(steps, mean, color=c, ls=styles.get(variant, "-"), lw=1.6, label=f"{variant} (n={len(vr)})")
+            ax.fill_between(steps, mean - std, mean + std, color=c, alpha=0.2, lw=0)
+            late = steps >= max(steps[-1] * 0.1, steps[1] if len(steps) > 1 else 0)
+            lo, hi = min(lo, float((mean - std)[late].min())), max(hi, float((mean + std)[late].max()))
+        thr = summary[level]["threshold"]
+        ax.axhline(thr, color="gray", ls="--", lw=1, label=f"threshold {thr:.2f}")
+        if math.isfinite(lo) and hi > lo:
+            pad = 0.05 * (hi - lo)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(f"{level} level")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss (first windows, nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Does the lattice help? mean ± 1 std over seeds, same data order per seed")
+    fig.tight_layout()
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    return fig
+
+
+def close(fig) -> None:
+    """Release a figure made by pyplot (the lattice experiment's, the command line's)."""
+    _plt().close(fig)
