@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
+from .ops.activation import MLP_ACTIVATIONS
+
 DTYPES = ("float32", "float64")
-ACTIVATIONS = ("gelu", "tanh")
+ACTIVATIONS = tuple(MLP_ACTIVATIONS)  # the MLP activation functions that cllm.ops implements
 INITS = ("gpt2", "xavier", "he")
 EMBEDDINGS = ("learned", "lattice")
 ATTENTION_BIASES = ("none", "lattice")

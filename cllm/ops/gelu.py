@@ -1,4 +1,4 @@
-"""Pointwise activations of the MLP: GELU (tanh approximation, as in GPT-2) and plain tanh."""
+"""GELU, the MLP activation of GPT-2 (its tanh approximation), forward and backward."""
 import math
 
 import numpy as np
@@ -50,30 +50,3 @@ def gelu_backward(dout, x):
     t += x2  # d gelu / dx
     t *= dout
     return t
-
-
-def tanh_forward(x):
-    """tanh, the activation the earlier C code used in its feed-forward layers."""
-    return np.tanh(x)
-
-
-def tanh_backward(dout, x):
-    """d tanh(x) / dx = 1 - tanh(x)^2, times ``dout``."""
-    t = np.tanh(x)
-    return dout * (1.0 - t * t)
-
-
-ACTIVATIONS = {
-    "gelu": (gelu_forward, gelu_backward),
-    "tanh": (tanh_forward, tanh_backward),
-}
-
-
-def activation_forward(x, name="gelu"):
-    """Apply the activation called ``name`` ("gelu" or "tanh")."""
-    return ACTIVATIONS[name][0](x)
-
-
-def activation_backward(dout, x, name="gelu"):
-    """Backward of :func:`activation_forward` from its saved input ``x``."""
-    return ACTIVATIONS[name][1](dout, x)
