@@ -281,12 +281,13 @@ def available_memory():
 
 
 def format_bytes(n) -> str:
-    """1.5 * 2**30 -> '1.5 GiB' (MiB below 1 GiB, TiB and PiB above; larger in GiB powers of ten)."""
-    for unit, size in (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30)):
+    """1.5 * 2**30 -> '1.5 GiB' (KiB and MiB below 1 GiB, TiB and PiB above; beyond in GiB powers of ten)."""
+    if n >= 1e4 * (1 << 50):
+        return f"{n / (1 << 30):.2e} GiB"
+    for unit, size in (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
-            value = n / size
-            return f"{value:.1f} {unit}" if value < 1e4 else f"{n / (1 << 30):.2e} GiB"
-    return f"{n / (1 << 20):.1f} MiB"
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def check_memory(need, what, available=None) -> None:
