@@ -103,6 +103,17 @@ def _load_corpus(args):
     return load_text(args.data), args.data
 
 
+def _check_training_memory(model_cfg, train_cfg, n_val_tokens):
+    from .activations import check_memory, param_count, training_bytes
+    from .parallel import auto_workers
+
+    c = train_cfg
+    workers = c.workers or auto_workers(c.batch_size, c.seq_len)
+    need = training_bytes(model_cfg, c.batch_size, c.seq_len, optimizer=c.optimizer, workers=workers,
+                          grad_accum=c.grad_accum, eval_batch_size=min(4 * c.batch_size, (n_val_tokens - 1) // c.seq_len))
+    check_memory(need, f"training {param_count(model_cfg):,} parameters on batches of {c.batch_size} x {c.seq_len} tokens")
+
+
 def cmd_train(args):
     import numpy as np
 
@@ -153,6 +164,7 @@ def cmd_train(args):
     if len(train_ids) < need or len(val_ids) < need:
         raise UserError(f"{source}: {len(ids)} tokens are too few for seq_len={train_cfg.seq_len} "
                         f"(each split needs at least {need})")
+    _check_training_memory(model_cfg, train_cfg, len(val_ids))  # before any model is built
 
     if args.resume:
         trainer = Trainer.resume(args.resume, train_ids, val_ids, train_cfg, out_dir=out, progress=not args.no_progress)
@@ -200,12 +212,19 @@ def cmd_train(args):
 
 # ---------------------------------------------------------------------------------------------- generate
 def cmd_generate(args):
+    from .activations import check_memory, generation_bytes, param_count
     from .checkpoint import load_checkpoint
     from .config import ModelConfig
-    from .generate import generate
+    from .generate import check_sampling, generate
     from .model import Model
     from .tokenizer import tokenizer_from_dict
 
+    temperature = 0.0 if args.greedy else args.temperature
+    try:  # before anything is loaded
+        check_sampling(temperature, args.top_k, args.top_p, args.tokens,
+                       names=("--temperature", "--top-k", "--top-p", "--tokens"))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     ck = load_checkpoint(args.checkpoint)
     if ck.tokenizer is None:
         raise UserError(f"{args.checkpoint}: the checkpoint has no tokenizer.json")
@@ -216,9 +235,10 @@ def cmd_generate(args):
         prompt = tok.encode(args.prompt)
     except ValueError as exc:
         raise UserError(f"--prompt: {exc}") from None
-    model = Model(ModelConfig.from_dict(ck.model_cfg), seed=0)
+    model_cfg = ModelConfig.from_dict(ck.model_cfg)
+    check_memory(generation_bytes(model_cfg), f"{args.checkpoint}: generating with {param_count(model_cfg):,} parameters")
+    model = Model(model_cfg, seed=0)
     model.load_params(ck.params)
-    temperature = 0.0 if args.greedy else args.temperature
     ids = generate(model, prompt, args.tokens, temperature=temperature, top_k=args.top_k, top_p=args.top_p,
                    seed=args.seed)
     print(tok.decode(ids[0]))
@@ -319,6 +339,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:  # bad values, missing or unreadable files, bad checkpoints
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"cllm: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # what the estimates before allocating did not foresee
+        message = str(exc).splitlines()[0] if str(exc) else "no more memory could be allocated"
+        print(f"cllm: error: out of memory: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cllm: interrupted", file=sys.stderr)

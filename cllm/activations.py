@@ -111,3 +111,189 @@ def activation_bytes(B, T, C, H, L, V, d_ff, itemsize=4, dropout=False, lattice_
     if lattice_attention:
         floats += B * H * T * T
     return floats * itemsize
+
+
+# ---------------------------------------------------------------------------------------------------
+# memory estimates: checked before anything big is allocated
+
+_STATE_COPIES = {"adamw": 2, "momentum": 1, "sgd": 0}  # optimizer state, in copies of the parameters
+
+
+class NotEnoughMemory(MemoryError, ValueError):
+    """A model, batch or file would need more memory than the machine has available (one line)."""
+
+
+def param_count(cfg) -> int:
+    """Number of parameters of a ``ModelConfig``, in closed form (the sum over ``model.param_shapes``
+    without building it): embeddings V C + S C (+ k C for lattice embeddings), per layer
+    4 C^2 + 2 C F + 9 C + F (+ H for lattice attention), the final LayerNorm 2 C, an untied head V C."""
+    V, C, F, L, H = cfg.vocab_size, cfg.d_model, cfg.d_ff, cfg.n_layers, cfg.n_heads
+    n = V * C + cfg.max_seq_len * C + 2 * C
+    if cfg.embedding == "lattice":
+        n += cfg.lattice_features * C
+    n += L * (4 * C * C + 2 * C * F + 9 * C + F + (H if cfg.attention_bias == "lattice" else 0))
+    if not cfg.tie_weights:
+        n += V * C
+    return n
+
+
+def param_bytes(cfg) -> int:
+    """Bytes of the parameters, plus the fixed lattice buffers the options need (the (V, V)
+    regulariser Laplacian is built from a float64 similarity matrix)."""
+    itemsize = 8 if cfg.dtype == "float64" else 4
+    n = param_count(cfg) * itemsize
+    V = cfg.vocab_size
+    if cfg.embedding == "lattice":
+        n += V * cfg.lattice_features * itemsize
+    if cfg.lattice_reg > 0:
+        n += V * V * (itemsize + 8)
+    return n
+
+
+def param_bytes_plain(cfg) -> int:
+    """Bytes of the learned parameters alone (what gradients and optimizer state copy)."""
+    return param_count(cfg) * (8 if cfg.dtype == "float64" else 4)
+
+
+def _step_activation_bytes(cfg, B, T, train):
+    itemsize = 8 if cfg.dtype == "float64" else 4
+    stored = activation_bytes(B, T, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.vocab_size, cfg.d_ff, itemsize,
+                              dropout=train and cfg.dropout > 0, lattice_attention=cfg.attention_bias == "lattice")
+    if not train:
+        return stored
+    # the backward pass's largest live temporaries: dlogits (B, T, V), dact and dpre (B, T, F), the
+    # attention's dprobs and dscores (B, H, T, T), dqkv (B, T, 3C) and a few (B, T, C) stream gradients
+    N = B * T
+    temps = N * cfg.vocab_size + 2 * N * cfg.d_ff + 2 * B * cfg.n_heads * T * T + 6 * N * cfg.d_model
+    return stored + temps * itemsize
+
+
+def training_bytes(model_cfg, batch_size, seq_len, optimizer="adamw", workers=1, grad_accum=1,
+                   eval_batch_size=None) -> int:
+    """Estimated peak bytes of training ``model_cfg`` with batches (batch_size, seq_len).
+
+    Parameters, their gradients, a copy for the update-ratio measurement, the optimizer state (2
+    copies for AdamW, 1 for momentum), an accumulation buffer when ``grad_accum > 1``, one gradient
+    buffer per extra data-parallel worker; plus the larger of one training step's activation store
+    and backward temporaries and the evaluation batch's store (``eval_batch_size`` windows, by default
+    4 x batch_size as ``Trainer.evaluate`` uses). What is not counted (the token ids, Python objects)
+    is small beside these.
+    """
+    copies = 3 + _STATE_COPIES.get(optimizer, 2) + (1 if grad_accum > 1 else 0) + max(0, workers - 1)
+    eval_b = 4 * batch_size if eval_batch_size is None else eval_batch_size
+    acts = max(_step_activation_bytes(model_cfg, batch_size, seq_len, train=True),
+               _step_activation_bytes(model_cfg, max(1, eval_b), seq_len, train=False))
+    return param_bytes(model_cfg) + (copies - 1) * param_bytes_plain(model_cfg) + acts
+
+
+def loading_bytes(model_cfg, optimizer="adamw") -> int:
+    """Estimated peak bytes of ``load_checkpoint``: the parameters, and while the optimizer state is
+    parsed its file's bytes and its arrays (or, for SGD, the parameter file's bytes)."""
+    p = param_bytes_plain(model_cfg)
+    return p + max(p, 2 * _STATE_COPIES.get(optimizer, 2) * p)
+
+
+def generation_bytes(model_cfg, batch_size=1) -> int:
+    """Estimated bytes of generating with ``model_cfg``: a model's parameters (built in float64, one
+    tensor at a time, then cast), the key/value cache (2 L B S C) and the largest prefill temporaries
+    (attention scores (B, H, S, S), the MLP's (B, S, F), the logits (B, S, V))."""
+    c = model_cfg
+    itemsize = 8 if c.dtype == "float64" else 4
+    S = c.max_seq_len
+    biggest = max(c.vocab_size, S, c.d_ff, 3 * c.d_model) * c.d_model * 8  # one float64 init tensor
+    cache = 2 * c.n_layers * batch_size * S * c.d_model * itemsize
+    temps = batch_size * (c.n_heads * S * S + 2 * S * c.d_ff + S * c.vocab_size + 8 * S * c.d_model) * itemsize
+    return param_bytes(c) + biggest + cache + temps
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_available():
+    """Bytes left under this process's cgroup memory limit (v2 memory.max or v1 limit_in_bytes), with
+    the reclaimable page cache (inactive_file) counted as free; None where there is no limit."""
+    own = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers in ("", "memory") or "memory" in controllers.split(","):
+                    own.append((controllers, path.lstrip("/")))
+    except (OSError, ValueError):
+        pass
+    candidates = []
+    for controllers, path in own:
+        base = "/sys/fs/cgroup" if controllers == "" else "/sys/fs/cgroup/memory"
+        candidates.append((base + "/" + path).rstrip("/"))
+    candidates += ["/sys/fs/cgroup", "/sys/fs/cgroup/memory"]
+    best = None
+    for d in dict.fromkeys(candidates):
+        for limit_f, used_f, inactive_key in (("memory.max", "memory.current", "inactive_file"),
+                                              ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                               "total_inactive_file")):
+            limit, used = _read_int(f"{d}/{limit_f}"), _read_int(f"{d}/{used_f}")
+            if limit is None or used is None or limit >= 1 << 60:  # "max" or v1's huge "unlimited"
+                continue
+            inactive = 0
+            try:
+                with open(f"{d}/memory.stat") as f:
+                    for line in f:
+                        key, _, value = line.partition(" ")
+                        if key == inactive_key:
+                            inactive = int(value)
+            except (OSError, ValueError):
+                pass
+            left = max(0, limit - used + inactive)
+            best = left if best is None else min(best, left)
+    return best
+
+
+def available_memory():
+    """Bytes of memory this process can still allocate without swapping: MemAvailable from
+    /proc/meminfo (else ``os.sysconf`` free pages), and no more than what a cgroup limit leaves.
+    None where neither can be read."""
+    import os
+
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            avail = None
+    group = _cgroup_available()
+    if group is not None:
+        avail = group if avail is None else min(avail, group)
+    return avail
+
+
+def format_bytes(n) -> str:
+    """1.5 * 2**30 -> '1.5 GiB' (KiB and MiB below 1 GiB, TiB and PiB above; beyond in GiB powers of ten)."""
+    if n >= 1e4 * (1 << 50):
+        return f"{n / (1 << 30):.2e} GiB"
+    for unit, size in (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_memory(need, what, available=None) -> None:
+    """Raise :class:`NotEnoughMemory` (one line: "<what> needs about 71.3 GiB; 22.1 GiB available")
+    when ``need`` bytes exceed the memory available (``available_memory()`` unless given). Nothing is
+    refused where the available memory cannot be read."""
+    avail = available_memory() if available is None else available
+    if avail is not None and need > avail:
+        raise NotEnoughMemory(f"{what} needs about {format_bytes(need)}; {format_bytes(avail)} available")

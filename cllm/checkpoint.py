@@ -324,6 +324,9 @@ def load_checkpoint(path_or_run_dir) -> Checkpoint:
             TrainConfig.from_dict(train_cfg)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{cpath}: invalid train configuration ({exc})") from None
+    from .activations import check_memory, loading_bytes, param_count  # closed form: no shapes built yet
+    check_memory(loading_bytes(mcfg, (train_cfg or {}).get("optimizer", "adamw")),
+                 f"{cpath}: loading a model of {param_count(mcfg):,} parameters")
 
     ppath = ckpt / "params.npz"
     params = _parse_npz(ppath, _read_verified(ckpt, "params.npz", files))

@@ -5,8 +5,11 @@ mistake is reported where it is made rather than as a shape error deep inside a 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
+
+import numpy as np
 
 from .ops.activation import MLP_ACTIVATIONS
 
@@ -18,10 +21,34 @@ ATTENTION_BIASES = ("none", "lattice")
 OPTIMIZERS = ("adamw", "sgd", "momentum")
 
 
+def check_int(name, value, lo=None):
+    """``value`` if it is an integer (Python or numpy, not bool) >= ``lo``; else ValueError naming ``name``.
+
+    The one check for "a whole number" shared by the configs, the optimizers and generation."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (lo is not None and value < lo):
+        what = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+            lo, f"an integer >= {lo}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
+    """``float(value)`` if it is a finite real number (not bool) within the bounds; else ValueError.
+
+    The one check for "a finite number" shared by the configs, the optimizers and generation: NaN and
+    infinities are refused everywhere (an infinite learning rate or regulariser is never meant)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
+    return float(value)
+
+
 def _positive_int(obj, name):
-    value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int(name, getattr(obj, name), 1)
 
 
 def _choice(obj, name, allowed):
@@ -31,13 +58,7 @@ def _choice(obj, name, allowed):
 
 
 def _number(obj, name, lo=None, hi=None, lo_open=False, hi_open=False):
-    value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and (value > hi or (hi_open and value == hi)):
-        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
+    check_number(name, getattr(obj, name), lo, hi, lo_open, hi_open)
 
 
 class _Serializable:
@@ -142,13 +163,13 @@ class TrainConfig(_Serializable):
         for name in ("batch_size", "seq_len", "steps", "lr_decay_steps", "grad_accum", "eval_interval",
                      "log_interval", "checkpoint_interval"):
             _positive_int(self, name)
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_int("seed", self.seed, 0)
         _choice(self, "optimizer", OPTIMIZERS)
         _number(self, "lr", 0.0, lo_open=True)
         _number(self, "min_lr", 0.0)
+        if self.min_lr > self.lr:  # the schedule decays from lr down to min_lr, never up
+            raise ValueError(f"min_lr ({self.min_lr!r}) must not exceed lr ({self.lr!r})")
         _number(self, "beta1", 0.0, 1.0, hi_open=True)
         _number(self, "beta2", 0.0, 1.0, hi_open=True)
         _number(self, "eps", 0.0, lo_open=True)

@@ -11,28 +11,48 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
+from .config import check_int, check_number
 from .model import Model
 
 
 # ---------------------------------------------------------------------------- sampling
+MAX_NEW_TOKENS = 1_000_000  # the most tokens one call generates (a million tokens take hours on a CPU)
+
+
+def check_sampling(temperature=1.0, top_k=None, top_p=None, max_new_tokens=None,
+                   names=("temperature", "top_k", "top_p", "max_new_tokens")):
+    """ValueError (one line, naming the argument as ``names`` spells it) unless ``temperature`` is a
+    finite number >= 0, ``top_k`` None or a positive integer, ``top_p`` None or a number in (0, 1] and
+    ``max_new_tokens`` None or an integer in [0, MAX_NEW_TOKENS]."""
+    check_number(names[0], temperature, 0.0)
+    if top_k is not None:
+        check_int(names[1], top_k, 1)
+    if top_p is not None:
+        check_number(names[2], top_p, 0.0, 1.0, lo_open=True)
+    if max_new_tokens is not None:
+        check_int(names[3], max_new_tokens, 0)
+        if max_new_tokens > MAX_NEW_TOKENS:
+            raise ValueError(f"{names[3]} must be at most {MAX_NEW_TOKENS:,}, got {max_new_tokens:,}")
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     """Choose the next token from ``logits`` (B, V) -> ids (B,).
 
     ``temperature == 0`` is greedy decoding (argmax). Otherwise the logits are divided by the
     temperature; ``top_k`` keeps the k most likely tokens; ``top_p`` keeps the smallest set of most
     likely tokens whose probability reaches p (nucleus sampling); then one token is drawn.
+
+    Any finite temperature > 0 works: the row maximum is subtracted before dividing, so the largest
+    scaled logit is exactly 0 and the others are <= 0 (or -inf when the division overflows, i.e.
+    probability 0). A tiny temperature therefore gives greedy decoding, never NaN.
     """
     logits = np.asarray(logits, dtype=np.float64)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(axis=-1)
     rng = rng if rng is not None else np.random.default_rng()
-    z = logits / temperature  # (B, V)
+    with np.errstate(over="ignore"):  # (l - max) / T below -1.8e308 is -inf: probability 0, as meant
+        z = (logits - logits.max(axis=-1, keepdims=True)) / temperature  # (B, V), max 0
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]  # (B, 1) k-th largest
         z = np.where(z < kth, -np.inf, z)
@@ -116,15 +136,18 @@ def generate(model: Model, prompt_ids, max_new_tokens: int, temperature=1.0, top
 
     With ``use_cache`` each new token costs one incremental step; when the context reaches
     ``max_seq_len`` the cache is refilled from the last ``max_seq_len // 2`` tokens (the model only
-    ever sees its last ``max_seq_len`` tokens either way). ``seed`` fixes the sampling.
+    ever sees its last ``max_seq_len`` tokens either way). ``seed`` fixes the sampling. At most
+    ``MAX_NEW_TOKENS`` per call; the arguments are checked by :func:`check_sampling`.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    ids = np.asarray(prompt_ids, dtype=np.int64)
+    check_sampling(temperature, top_k, top_p, max_new_tokens)
+    ids = np.asarray(prompt_ids)
     if ids.ndim == 1:
         ids = ids[None, :]
-    if ids.ndim != 2 or ids.shape[1] == 0:
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
         raise ValueError("the prompt must hold at least one token")
+    if not np.issubdtype(ids.dtype, np.integer):  # 1.7 must not quietly become token 1
+        raise ValueError(f"the prompt must hold integer token ids, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)  # (B, T)
     rng = np.random.default_rng(seed)
     T = model.cfg.max_seq_len
     out = [ids]

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from . import ops
-from .activations import ActivationStore
+from .activations import ActivationStore, check_memory, param_bytes, param_count
 from .config import ModelConfig
 
 
@@ -77,6 +77,7 @@ class Model:
     def __init__(self, cfg: ModelConfig, seed: int = 0):
         if not isinstance(cfg, ModelConfig):
             raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+        check_memory(param_bytes(cfg), f"a model of {param_count(cfg):,} parameters")  # before building any
         self.cfg = cfg
         self.dtype = np.dtype(cfg.dtype)
         self.seed = seed
@@ -227,6 +228,9 @@ class Model:
         so a training loop allocates them once instead of every step. ``scale`` gives the gradients of
         ``scale`` times the objective (the data-parallel step weights each share of a batch this way).
         """
+        if not isinstance(acts, ActivationStore):
+            raise ValueError(f"backward needs the ActivationStore that forward returned (logits, loss, acts = "
+                             f"model.forward(idx, targets)), got {type(acts).__name__}")
         record = trace.append if trace is not None else (lambda item: None)
         buf = (lambda name: None) if out is None else out.get
         cfg, P = self.cfg, self.params

@@ -21,12 +21,15 @@ Optimizer state round-trips through ``state_dict()`` / ``load_state_dict()`` as 
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping, Optional
 
 import numpy as np
+
+from .config import check_number as _check_number
 
 # Elements per chunk: 64K float32 = 256 KiB per operand, so the chunks of p, g, m, v and the scratch
 # buffer (1.25 MiB) stay in L2/L3 cache. Chunks from 32K to 256K perform within ~10% of each other;
@@ -43,16 +46,6 @@ def default_decay(name: str, array: np.ndarray) -> bool:
     embeddings are excluded here as well because decaying a lookup table pulls rare tokens to zero).
     """
     return array.ndim == 2 and name not in ("wte", "wpe")
-
-
-def _check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and (value > hi or (hi_open and value == hi)):
-        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
-    return float(value)
 
 
 def _chunks(n: int, size: int):
@@ -137,8 +130,9 @@ class Optimizer:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(n, thread_name_prefix="cllm-optim")
-        jobs = [self._pool.submit(self._run, self._work[i::n], flat_p, flat_g, self._scratch[i], lr)
-                for i in range(n)]
+        # each job runs in a copy of the caller's context, so the caller's np.errstate holds there too
+        jobs = [self._pool.submit(contextvars.copy_context().run, self._run, self._work[i::n], flat_p, flat_g,
+                                  self._scratch[i], lr) for i in range(n)]
         for job in jobs:
             job.result()  # re-raises a worker's exception
 

@@ -25,6 +25,7 @@ oversubscribe the cores, so :class:`DataParallel` falls back to one worker.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import glob
 import os
@@ -142,7 +143,8 @@ class DataParallel:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="cllm-worker")
         with blas_threads(1):
-            jobs = [self._pool.submit(fn, item) for item in items[1:]]
+            # in copies of the caller's context: the caller's np.errstate holds on the workers too
+            jobs = [self._pool.submit(contextvars.copy_context().run, fn, item) for item in items[1:]]
             first = fn(items[0])
             return [first] + [job.result() for job in jobs]  # re-raises a worker's exception
 

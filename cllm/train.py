@@ -120,6 +120,7 @@ class Trainer:
                 where += f"; last good checkpoint: {last[-1]}"
         raise TrainingDiverged(f"step {self.step}: {what} (lr {lr:.3g}){where}")
 
+    @np.errstate(over="ignore", invalid="ignore", divide="ignore")  # the guards below report non-finite values
     def train_step(self) -> dict:
         """One optimisation step over ``grad_accum`` micro-batches. Returns the step's measurements."""
         c, model = self.cfg, self.model
@@ -166,6 +167,7 @@ class Trainer:
         return info
 
     # ------------------------------------------------------------------ evaluation
+    @np.errstate(over="ignore", invalid="ignore", divide="ignore")  # a non-finite loss is returned, not warned
     def evaluate(self, data=None, max_batches=None, batch_size=None) -> float:
         """Mean cross-entropy over every non-overlapping window of ``data`` (default: the validation
         split), dropout off. ``max_batches`` limits the windows (default: the config's, None = all)."""
