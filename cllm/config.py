@@ -5,12 +5,10 @@ mistake is reported where it is made rather than as a shape error deep inside a 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-import numpy as np
-
+from ._validate import check_int, check_number, is_int
 from .ops.activation import MLP_ACTIVATIONS
 
 DTYPES = ("float32", "float64")
@@ -19,32 +17,6 @@ INITS = ("gpt2", "xavier", "he")
 EMBEDDINGS = ("learned", "lattice")
 ATTENTION_BIASES = ("none", "lattice")
 OPTIMIZERS = ("adamw", "sgd", "momentum")
-
-
-def check_int(name, value, lo=None):
-    """``value`` if it is an integer (Python or numpy, not bool) >= ``lo``; else ValueError naming ``name``.
-
-    The one check for "a whole number" shared by the configs, the optimizers and generation."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (lo is not None and value < lo):
-        what = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
-            lo, f"an integer >= {lo}")
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return value
-
-
-def check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
-    """``float(value)`` if it is a finite real number (not bool) within the bounds; else ValueError.
-
-    The one check for "a finite number" shared by the configs, the optimizers and generation: NaN and
-    infinities are refused everywhere (an infinite learning rate or regulariser is never meant)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and (value > hi or (hi_open and value == hi)):
-        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
-    return float(value)
 
 
 def _positive_int(obj, name):
@@ -116,8 +88,7 @@ class ModelConfig(_Serializable):
         _number(self, "lattice_reg", 0.0)
         if self.lattice_codes is not None:
             codes = tuple(self.lattice_codes)
-            if len(codes) != self.vocab_size or not all(
-                    isinstance(c, int) and not isinstance(c, bool) and c >= 2 for c in codes):
+            if len(codes) != self.vocab_size or not all(is_int(c) and c >= 2 for c in codes):
                 raise ValueError(f"lattice_codes must hold one integer >= 2 per token ({self.vocab_size}), "
                                  f"got {len(codes)} entries")
             if len(set(codes)) != len(codes):

@@ -20,6 +20,8 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
+from ._validate import check_int
+
 Array = np.ndarray
 
 
@@ -120,8 +122,7 @@ def _check_data(data, seq_len: int, what: str = "data") -> Array:
     data = np.asarray(data)
     if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"{what} must be a 1-D array of token ids, got shape {data.shape} dtype {data.dtype}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    check_int("seq_len", seq_len, 1)
     if len(data) < seq_len + 1:
         raise ValueError(
             f"{what} has {len(data)} tokens; one window of seq_len={seq_len} needs at least {seq_len + 1} "
@@ -131,8 +132,7 @@ def _check_data(data, seq_len: int, what: str = "data") -> Array:
 
 
 def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
 
 
 def get_batch(data: Array, batch_size: int, seq_len: int, rng: np.random.Generator):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .config import check_int, check_number
+from ._validate import check_int, check_number
 from .model import Model
 
 

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from .config import check_number as _check_number
+from ._validate import check_int, check_number as _check_number
 
 # Elements per chunk: 64K float32 = 256 KiB per operand, so the chunks of p, g, m, v and the scratch
 # buffer (1.25 MiB) stay in L2/L3 cache. Chunks from 32K to 256K perform within ~10% of each other;
@@ -80,9 +80,7 @@ class Optimizer:
         self.params = params
         self.lr = _check_number("lr", lr, 0.0, lo_open=True)
         self.weight_decay = _check_number("weight_decay", weight_decay, 0.0)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_int("chunk_size", chunk_size, 1)
         self.threads = _resolve_threads(threads, sum(p.size for p in params.values()))
         rule = default_decay if decay is None else decay
         self.decayed = {name: bool(rule(name, p)) for name, p in params.items()}
@@ -188,9 +186,7 @@ def _resolve_threads(threads, numel: int) -> int:
     """``None`` -> 1 below 1M parameters (threads would cost more than they save), else up to 4."""
     if threads is None:
         return 1 if numel < (1 << 20) else max(1, min(4, os.cpu_count() or 1))
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be None or a positive integer, got {threads!r}")
-    return threads
+    return check_int("threads", threads, 1)
 
 
 class SGD(Optimizer):

@@ -36,6 +36,8 @@ from typing import Optional
 
 import numpy as np
 
+from ._validate import check_int
+
 from .optim import DEFAULT_CHUNK, _chunks
 
 # ---------------------------------------------------------------------------------------- BLAS threads
@@ -129,8 +131,7 @@ class DataParallel:
     """
 
     def __init__(self, model, workers: int = 2):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        check_int("workers", workers, 1)
         self.model = model
         self.workers = workers if blas_controls() is not None else 1
         self._pool: Optional[ThreadPoolExecutor] = None

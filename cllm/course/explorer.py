@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .._validate import is_int
 from ..config import INITS, OPTIMIZERS, ModelConfig, TrainConfig
 from ..plots import figure_png, plot_live, plot_runs, smooth  # noqa: F401  (the explorer's pictures)
 
@@ -74,8 +75,7 @@ class ExplorerSettings:
                 f"C{self.d_model} T{self.seq_len} B{self.batch_size} {clip} seed {self.seed}")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
 
 
 def settings_to_configs(settings: ExplorerSettings, vocab_size: int):
@@ -91,7 +91,7 @@ def settings_to_configs(settings: ExplorerSettings, vocab_size: int):
     for name in ("n_layers", "n_heads", "d_model", "seq_len", "batch_size", "steps", "eval_points",
                  "eval_max_batches"):
         v = getattr(s, name)
-        if not _is_int(v) or v <= 0:
+        if not is_int(v) or v <= 0:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if s.d_model % s.n_heads:
         fits = ", ".join(str(h) for h in range(1, min(s.d_model, 16) + 1) if s.d_model % h == 0)
@@ -105,9 +105,9 @@ def settings_to_configs(settings: ExplorerSettings, vocab_size: int):
         raise ValueError(f"init must be one of {', '.join(EXPLORER_INITS)}, got {s.init!r}")
     if not (isinstance(s.grad_clip, (int, float)) and math.isfinite(s.grad_clip) and s.grad_clip >= 0):
         raise ValueError(f"gradient clipping must be >= 0 (0 switches it off), got {s.grad_clip!r}")
-    if not _is_int(s.seed) or s.seed < 0:
+    if not is_int(s.seed) or s.seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {s.seed!r}")
-    if not _is_int(s.sample_tokens) or s.sample_tokens < 0:
+    if not is_int(s.sample_tokens) or s.sample_tokens < 0:
         raise ValueError(f"sample_tokens must be a non-negative integer, got {s.sample_tokens!r}")
     if s.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {s.dtype!r}")

@@ -45,6 +45,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .._validate import check_int
 from .stats import compare, fmt_mean_std, mean_std
 
 DEFAULT_STEPS = 400        # ~15-20 minutes for 2 levels x 4 variants x 5 seeds on an idle 2-core machine
@@ -318,10 +319,8 @@ def run_lattice(seeds: int = 5, steps: int = DEFAULT_STEPS, out="figures", text:
     Runs go seed by seed (every level and variant of seed 0, then seed 1, ...), so that a stopped
     experiment leaves comparable partial results; the JSON is rewritten after every run.
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_int("seeds", seeds, 1)
+    check_int("steps", steps, 1)
     for v in variants:
         if v not in VARIANTS:
             raise ValueError(f"unknown variant {v!r}; expected some of {tuple(VARIANTS)}")

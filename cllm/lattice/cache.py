@@ -32,7 +32,8 @@ import numpy as np
 
 from .coords import clock_angle, ulam_ring, ulam_xy, vogel_xy
 from .features import prime_features
-from .primes import check_int, first_primes
+from .._validate import check_int
+from .primes import first_primes
 
 ORIGINAL_ENTRY_BYTES = 64          # the C program's entry size
 ORIGINAL_ENTRIES = 23094           # the C program's table length ("Generated 23094 primes")
@@ -41,7 +42,7 @@ DEFAULT_FEATURE_DIM = 16
 
 def cache_dtype(feature_dim=DEFAULT_FEATURE_DIM) -> np.dtype:
     """Return the packed structured dtype of one cache record with a ``feature_dim``-long feature vector."""
-    feature_dim = check_int(feature_dim, "feature_dim", 1)
+    feature_dim = check_int("feature_dim", feature_dim, 1)
     return np.dtype([
         ("value", np.int64),
         ("index", np.int32),
@@ -69,8 +70,8 @@ class LatticeCache:
 
     def __init__(self, n_primes, feature_dim=DEFAULT_FEATURE_DIM):
         """Record the sizes; validate them (``n_primes >= 1``, ``feature_dim >= 1``). Builds nothing."""
-        self.n_primes = check_int(n_primes, "n_primes", 1)
-        self.feature_dim = check_int(feature_dim, "feature_dim", 1)
+        self.n_primes = check_int("n_primes", n_primes, 1)
+        self.feature_dim = check_int("feature_dim", feature_dim, 1)
         self.dtype = cache_dtype(self.feature_dim)
         self._records = None
         self._lock = threading.Lock()
@@ -171,8 +172,8 @@ def get_cache(n_primes, feature_dim=DEFAULT_FEATURE_DIM) -> LatticeCache:
     The records are still built lazily, on first access. Note that ``features`` are normalised over the
     whole cache they belong to.
     """
-    n_primes = check_int(n_primes, "n_primes", 1)
-    feature_dim = check_int(feature_dim, "feature_dim", 1)
+    n_primes = check_int("n_primes", n_primes, 1)
+    feature_dim = check_int("feature_dim", feature_dim, 1)
     with _caches_lock:
         cache = _caches.get(feature_dim)
         if cache is None or len(cache) < n_primes:

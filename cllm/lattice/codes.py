@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .primes import as_int_array, first_primes
+from .._validate import check_int_array
+from .primes import first_primes
 
 # English suffix classes (all lower case, matched case-sensitively on the word as given).
 SUFFIXES = ("ing", "ed", "es", "s", "ly", "er", "est", "tion", "ness", "ment", "able", "ful", "less")
@@ -125,7 +126,7 @@ def split_code(code, affix_primes=None) -> tuple[int, int]:
     The affix prime is the code's smallest prime factor among ``affix_primes`` (default: the
     ``len(AFFIX_CLASSES)`` smallest primes); the stem prime is the cofactor.
     """
-    code = int(as_int_array(code, "code", minimum=2))
+    code = int(check_int_array("code", code, lo=2))
     if affix_primes is None:
         affix_primes = first_primes(len(AFFIX_CLASSES))
     for p in affix_primes:

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .primes import as_int_array, check_int
+from .._validate import check_int, check_int_array
 
 PHI = (1.0 + math.sqrt(5.0)) / 2.0                  # golden ratio
 GOLDEN_TURN = 1.0 / PHI**2                          # golden angle as a fraction of a full turn (0.381966)
@@ -40,7 +40,7 @@ def ulam_ring(values) -> np.ndarray:
 
     Ring ``r`` is the square of side ``2r + 1`` around the origin; its points have Chebyshev norm ``r``.
     """
-    v = as_int_array(values, "values", minimum=1)
+    v = check_int_array("values", values, lo=1)
     return (_isqrt(v - 1) + 1) // 2
 
 
@@ -50,7 +50,7 @@ def ulam_xy(values) -> np.ndarray:
     Closed form: with ring ``r`` and offset ``t = v - (2r-1)^2`` in ``1 .. 8r``, the four sides of the ring
     are walked up the right edge, left along the top, down the left edge and right along the bottom.
     """
-    v = as_int_array(values, "values", minimum=1)
+    v = check_int_array("values", values, lo=1)
     r = (_isqrt(v - 1) + 1) // 2                       # ring
     t = v - (2 * r - 1) ** 2                           # 1 .. 8r on ring r (unused for r = 0)
     side = np.where(r > 0, (t - 1) // np.maximum(2 * r, 1), 0)   # 0 right, 1 top, 2 left, 3 bottom
@@ -68,7 +68,7 @@ def ulam_coords(n) -> np.ndarray:
     Row ``i`` is the integer ``i + 1``: consecutive integers are one unit step apart (Manhattan distance 1)
     and no two integers share a point.
     """
-    n = check_int(n, "n", 0)
+    n = check_int("n", n, 0)
     return ulam_xy(np.arange(1, n + 1, dtype=np.int64)).reshape(n, 2)   # (n, 2)
 
 
@@ -99,7 +99,7 @@ def vogel_xy(values) -> np.ndarray:
 
 def vogel_coords(n) -> np.ndarray:
     """Return the golden-angle spiral points of positions 1..n as a float64 array of shape ``(n, 2)``."""
-    n = check_int(n, "n", 0)
+    n = check_int("n", n, 0)
     return vogel_xy(np.arange(1, n + 1, dtype=np.float64)).reshape(n, 2)   # (n, 2)
 
 
@@ -108,8 +108,8 @@ def vogel_coords(n) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 def clock_angle(values, modulus=12) -> np.ndarray:
     """Return the clock angle ``2 pi (v mod m) / m`` of each integer (float64, same shape as values)."""
-    modulus = check_int(modulus, "modulus", 1)
-    v = as_int_array(values, "values")
+    modulus = check_int("modulus", modulus, 1)
+    v = check_int_array("values", values)
     return 2.0 * np.pi * np.mod(v, modulus) / modulus
 
 
@@ -118,7 +118,7 @@ def clock_features(values, moduli=(12, 60)) -> np.ndarray:
 
     Columns are ``cos_m1, sin_m1, cos_m2, sin_m2, ...``; every entry lies in ``[-1, 1]``.
     """
-    v = as_int_array(values, "values").reshape(-1)                    # (n,)
+    v = check_int_array("values", values).reshape(-1)                    # (n,)
     moduli = tuple(moduli)
     if not moduli:
         raise ValueError("moduli must name at least one modulus")
@@ -136,7 +136,7 @@ def log_frequencies(n_freq) -> np.ndarray:
     for the first ``n >= k`` primes the resulting ``n x k`` feature matrices have condition numbers below
     about ``10^4`` up to ``k = 512`` (linear spacing loses rank once ``k`` passes about 60).
     """
-    n_freq = check_int(n_freq, "n_freq", 0)
+    n_freq = check_int("n_freq", n_freq, 0)
     return np.pi * np.arange(1, n_freq + 1, dtype=np.float64) ** 1.5
 
 
@@ -148,7 +148,7 @@ def log_prime_features(values, n_freq=0) -> np.ndarray:
     :func:`log_frequencies`: smooth functions of ``log v``, all in ``[-1, 1]``, and independent of the
     set. Everything stays in the log domain, so nothing overflows.
     """
-    v = as_int_array(values, "values", minimum=1).reshape(-1)         # (n,)
+    v = check_int_array("values", values, lo=1).reshape(-1)         # (n,)
     omega = log_frequencies(n_freq)                                   # (n_freq,)
     logv = np.log(v.astype(np.float64))                               # (n,)
     if v.size == 0:

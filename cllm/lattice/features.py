@@ -34,7 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from .coords import clock_features, log_prime_features, ulam_xy, vogel_angle
-from .primes import as_int_array, check_int, first_primes
+from .._validate import check_int, check_int_array
+from .primes import first_primes
 
 N_BASE = 9                     # u (1) + clock 12 (2) + clock 60 (2) + Vogel (2) + Ulam (2)
 NORMALIZE = ("rms", "standard", "none")
@@ -49,10 +50,10 @@ def prime_features(primes_or_codes, k=32, normalize="rms") -> np.ndarray:
     or ``"none"``). Features depend on the set only through the normalisations (largest value, largest
     Ulam ring, and the column scaling); the clock and ``log p`` frequency columns do not depend on it.
     """
-    v = as_int_array(primes_or_codes, "primes_or_codes", minimum=1)
+    v = check_int_array("primes_or_codes", primes_or_codes, lo=1)
     if v.ndim != 1:
         raise ValueError(f"primes_or_codes must be 1-D, got shape {v.shape}")
-    k = check_int(k, "k", 1)
+    k = check_int("k", k, 1)
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
     n = v.size
@@ -84,11 +85,11 @@ def token_primes(vocab_size, order=None) -> np.ndarray:
     token of rank ``r`` gets the ``(r + 1)``-th prime, so frequent tokens get small primes. Without
     ``order`` token ``i`` gets the ``(i + 1)``-th prime (2, 3, 5, ...).
     """
-    V = check_int(vocab_size, "vocab_size", 1)
+    V = check_int("vocab_size", vocab_size, 1)
     primes = first_primes(V)                                           # (V,)
     if order is None:
         return primes
-    order = as_int_array(order, "order").reshape(-1)                   # (V,)
+    order = check_int_array("order", order).reshape(-1)                   # (V,)
     if order.size != V or not np.array_equal(np.sort(order), np.arange(V)):
         raise ValueError(f"order must be a permutation of range({V})")
     out = np.empty(V, dtype=np.int64)
@@ -113,7 +114,7 @@ def token_angles(vocab_size, order=None, kind="clock", modulus=12) -> np.ndarray
         raise ValueError(f"kind must be one of {ANGLE_KINDS}, got {kind!r}")
     p = token_primes(vocab_size, order)                                # (V,)
     if kind == "clock":
-        m = check_int(modulus, "modulus", 1)
+        m = check_int("modulus", modulus, 1)
         return 2.0 * np.pi * np.mod(p, m) / m
     V = p.size
     rank = np.empty(V, dtype=np.int64)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import threading
-from numbers import Integral
 
 import numpy as np
+
+from .._validate import check_int, check_int_array
 
 # Largest sieve limit accepted: the odd-only sieve needs n/2 bytes (500 MB at this limit).
 MAX_SIEVE = 10**9
@@ -30,56 +31,6 @@ PITFALL_SEED_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 5
 _lock = threading.Lock()
 _sieved_limit = 0                                   # every prime < _sieved_limit is in _sieved
 _sieved = np.zeros(0, dtype=np.int64)
-
-
-# --------------------------------------------------------------------------------------------------
-# argument checks shared by the lattice modules
-# --------------------------------------------------------------------------------------------------
-def check_int(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
-    """Return ``value`` as a Python int, or raise ``ValueError`` naming ``name``.
-
-    Accepts Python and numpy integers (not bools, not floats); enforces ``minimum <= value <= maximum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
-
-
-def as_int_array(values, name: str, minimum: int | None = None) -> np.ndarray:
-    """Return ``values`` as an int64 numpy array, or raise ``ValueError`` naming ``name``.
-
-    Accepts integer arrays, lists of ints, and float arrays whose entries are all integral. With
-    ``minimum``, every entry must be ``>= minimum``.
-    """
-    arr = np.asarray(values)
-    if arr.dtype == bool:
-        raise ValueError(f"{name} must hold integers, got booleans")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} must hold integers, got non-integral values")
-        if arr.size and np.max(np.abs(arr)) >= 2.0**63:
-            raise ValueError(f"{name} entries must fit in int64")
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind == "O":
-        if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in arr.ravel()):
-            raise ValueError(f"{name} must hold integers")
-        try:
-            arr = arr.astype(np.int64)
-        except OverflowError:
-            raise ValueError(f"{name} entries must fit in int64") from None
-    elif arr.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
-    if arr.dtype.kind == "u" and arr.size and arr.max() >= 2**63:
-        raise ValueError(f"{name} entries must fit in int64")
-    arr = arr.astype(np.int64, copy=False)
-    if minimum is not None and arr.size and arr.min() < minimum:
-        raise ValueError(f"{name} entries must be >= {minimum}, got {int(arr.min())}")
-    return arr
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,7 +57,7 @@ def primes_below(n) -> np.ndarray:
     The largest sieve so far is memoised, so smaller requests are slices of it.
     """
     global _sieved, _sieved_limit
-    n = check_int(n, "n", 0, MAX_SIEVE)
+    n = check_int("n", n, 0, MAX_SIEVE)
     with _lock:
         if n > _sieved_limit:
             _sieved = _sieve(n)
@@ -120,7 +71,7 @@ def prime_upper_bound(k) -> int:
 
     For ``k >= 6`` this is Rosser's bound ``p_k < k (ln k + ln ln k)``; below 6 it is 13 (``p_5 = 11``).
     """
-    k = check_int(k, "k", 1)
+    k = check_int("k", k, 1)
     if k < 6:
         return 13
     return int(k * (math.log(k) + math.log(math.log(k)))) + 1
@@ -128,7 +79,7 @@ def prime_upper_bound(k) -> int:
 
 def first_primes(k) -> np.ndarray:
     """Return the first ``k`` primes ``[2, 3, 5, ...]`` as an int64 array of length ``k`` (``k >= 0``)."""
-    k = check_int(k, "k", 0)
+    k = check_int("k", k, 0)
     if k == 0:
         return np.zeros(0, dtype=np.int64)
     primes = primes_below(prime_upper_bound(k) + 1)
@@ -137,7 +88,7 @@ def first_primes(k) -> np.ndarray:
 
 def nth_prime(k) -> int:
     """Return the ``k``-th prime, 1-based: ``nth_prime(1) == 2``, ``nth_prime(10) == 29``."""
-    k = check_int(k, "k", 1)
+    k = check_int("k", k, 1)
     return int(first_primes(k)[-1])
 
 
@@ -146,7 +97,7 @@ def prime_index(values) -> np.ndarray:
 
     Raises ``ValueError`` if an entry is not prime.
     """
-    values = as_int_array(values, "values", minimum=2)
+    values = check_int_array("values", values, lo=2)
     if values.size == 0:
         return np.zeros(values.shape, dtype=np.int64)
     primes = primes_below(int(values.max()) + 1)
@@ -158,7 +109,7 @@ def prime_index(values) -> np.ndarray:
 
 def is_prime(values) -> np.ndarray:
     """Return a boolean array: which entries of ``values`` (integers) are prime."""
-    values = as_int_array(values, "values")
+    values = check_int_array("values", values)
     if values.size == 0:
         return np.zeros(values.shape, dtype=bool)
     top = int(values.max())
@@ -172,8 +123,8 @@ def is_prime(values) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 def clock_residues(values, modulus=12) -> np.ndarray:
     """Return ``values mod modulus`` (the position of each integer on a clock with ``modulus`` hours)."""
-    modulus = check_int(modulus, "modulus", 1)
-    return np.mod(as_int_array(values, "values"), modulus)
+    modulus = check_int("modulus", modulus, 1)
+    return np.mod(check_int_array("values", values), modulus)
 
 
 def clock_wheel_counts(n, modulus=12) -> dict[int, int]:
@@ -183,7 +134,7 @@ def clock_wheel_counts(n, modulus=12) -> dict[int, int]:
     any other residue shares the factor 2 or 3 with 12, so a number there is divisible by 2 or 3).
     Returns ``{residue: count}`` for every residue ``0 .. modulus - 1`` (zeros included).
     """
-    modulus = check_int(modulus, "modulus", 1)
+    modulus = check_int("modulus", modulus, 1)
     counts = np.bincount(clock_residues(primes_below(n), modulus), minlength=modulus)   # (modulus,)
     return {r: int(c) for r, c in enumerate(counts)}
 
@@ -212,7 +163,7 @@ def geometric_filter_pitfall(n=200000) -> np.ndarray:
 
     Returns the accepted numbers below ``n``, ascending, as int64.
     """
-    n = check_int(n, "n", 0, MAX_SIEVE)
+    n = check_int("n", n, 0, MAX_SIEVE)
     m = np.arange(n, dtype=np.int64)                                 # (n,)
     accept = np.isin(m % 30, PITFALL_WHEEL_RESIDUES)                 # (n,) spokes of the mod-30 wheel
     for p in PITFALL_SEED_PRIMES[3:]:                                # 2, 3, 5 are already excluded
@@ -230,7 +181,7 @@ def pitfall_report(n=200000) -> dict:
     ``smallest_composite`` (or None), ``first_missed`` (up to 5 missed primes), and
     ``missed_residues_mod_30`` (the sorted residues mod 30 of the missed primes).
     """
-    n = check_int(n, "n", 0, MAX_SIEVE)
+    n = check_int("n", n, 0, MAX_SIEVE)
     accepted = geometric_filter_pitfall(n)
     primes = primes_below(n)
     composite = accepted[~np.isin(accepted, primes)]                 # accepted but not prime

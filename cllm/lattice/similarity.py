@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .primes import as_int_array
+from .._validate import check_int_array
 
 
 def gcd_similarity(a, b):
@@ -23,8 +23,8 @@ def gcd_similarity(a, b):
     ``gcd_similarity(1, b) = 0`` for ``b > 1``, and ``gcd_similarity(1, 1) = 1`` (every code is fully
     similar to itself). Scalars in, numpy float64 scalar out; arrays in, float64 array out.
     """
-    a = as_int_array(a, "a", minimum=1)
-    b = as_int_array(b, "b", minimum=1)
+    a = check_int_array("a", a, lo=1)
+    b = check_int_array("b", b, lo=1)
     g = np.gcd(a, b)                                         # broadcast shape
     m = np.minimum(a, b)                                     # broadcast shape
     big = m > 1
@@ -36,8 +36,8 @@ def gcd_similarity(a, b):
 
 def gcd_similarity_matrix(codes, others=None) -> np.ndarray:
     """Return the pairwise GCD similarity matrix: ``(n, n)`` for ``codes``, or ``(n, m)`` against ``others``."""
-    a = as_int_array(codes, "codes", minimum=1).reshape(-1)          # (n,)
-    b = a if others is None else as_int_array(others, "others", minimum=1).reshape(-1)   # (m,)
+    a = check_int_array("codes", codes, lo=1).reshape(-1)          # (n,)
+    b = a if others is None else check_int_array("others", others, lo=1).reshape(-1)   # (m,)
     return gcd_similarity(a[:, None], b[None, :])                    # (n, m)
 
 
