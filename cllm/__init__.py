@@ -24,6 +24,7 @@ _EXPORTS = {
     "gradcheck": "cllm.gradcheck",
     "CharTokenizer": "cllm.tokenizer",
     "WordTokenizer": "cllm.tokenizer",
+    "BPETokenizer": "cllm.tokenizer",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -65,7 +65,7 @@ def _check_range(ids: np.ndarray, vocab_size: int) -> None:
 class _Tokenizer:
     """Shared plumbing: JSON save/load and the ``from_text`` alias."""
 
-    kind = ""  # "char" | "word", stored as "type" in the JSON
+    kind = ""  # "char" | "word" | "bpe", stored as "type" in the JSON
 
     @classmethod
     def from_text(cls, text: str, **kwargs):
@@ -77,6 +77,10 @@ class _Tokenizer:
 
     def __eq__(self, other) -> bool:
         return type(other) is type(self) and other.to_dict() == self.to_dict()
+
+    def num_bytes(self, ids) -> int:
+        """UTF-8 bytes of the text that ``ids`` decode to (the denominator of bits per byte)."""
+        return len(self.decode(ids).encode("utf-8"))
 
     def save(self, path) -> Path:
         """Write ``to_dict()`` as JSON, atomically (temp file in the same folder, then os.replace)."""
@@ -268,14 +272,14 @@ def _expect_type(d: Mapping, kind: str) -> None:
         raise ValueError(f"not a {kind} tokenizer dict (expected type={kind!r} and a vocab list)")
 
 
-_KINDS = {"char": CharTokenizer, "word": WordTokenizer}
+_KINDS = {"char": CharTokenizer, "word": WordTokenizer}  # "bpe": BPETokenizer, registered below
 
 
 def tokenizer_from_dict(d: Mapping):
     """Rebuild a tokenizer of either kind from ``to_dict()`` output (dispatch on ``d["type"]``)."""
     kind = d.get("type") if isinstance(d, Mapping) else None
     if kind not in _KINDS:
-        raise ValueError(f"unknown tokenizer type {kind!r} (expected 'char' or 'word')")
+        raise ValueError(f"unknown tokenizer type {kind!r} (expected one of {', '.join(map(repr, _KINDS))})")
     return _KINDS[kind].from_dict(d)
 
 
@@ -292,3 +296,544 @@ def load_tokenizer(path):
         return tokenizer_from_dict(d)
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"{path}: not a valid tokenizer file ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# byte-level BPE (GPT-2)
+
+# GPT-2's pre-tokenization: the contractions, an optional space + letters, an optional space + digits,
+# an optional space + other symbols, whitespace that is not followed by a non-space (so that a run of
+# spaces leaves its last space to the next word), any other whitespace. Merges never cross these
+# pieces: "dog." and "dog!" share the token " dog" instead of learning " dog." and " dog!".
+GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+ENDOFTEXT = "<|endoftext|>"
+_CACHE_LIMIT = 200_000  # cached pre-token encodings before the cache is cleared
+
+
+def bytes_to_unicode() -> dict:
+    """GPT-2's byte -> printable character table (256 entries).
+
+    The printable bytes ``!``..``~``, ``¡``..``¬`` and ``®``..``ÿ`` stand for themselves; the other 68
+    (control bytes, space, 0x7f-0xa0, 0xad) become U+0100, U+0101, ... in byte order, so space is ``Ġ``
+    and newline ``Ċ``. vocab.json and merges.txt write tokens in this alphabet.
+    """
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+_BYTE_TO_CHAR = bytes_to_unicode()
+_CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
+
+
+def _compile_split():
+    try:
+        import regex
+    except ImportError:  # pragma: no cover - regex is a dependency
+        raise ImportError("BPETokenizer needs the 'regex' package (pip install regex) for \\p{L} and \\p{N}") from None
+    return regex.compile(GPT2_SPLIT)
+
+
+def _token_bytes(token: str) -> Optional[bytes]:
+    """A token in GPT-2's byte alphabet -> its bytes; None if it holds a character outside the alphabet."""
+    try:
+        return bytes(map(_CHAR_TO_BYTE.__getitem__, token))
+    except KeyError:
+        return None
+
+
+def _line_of(raw: str, token, occurrence: int = 1) -> str:
+    """' line N:' where ``token`` appears (the ``occurrence``-th time) as a key in the JSON text ``raw``,
+    for error messages; '' when it cannot be found."""
+    if not isinstance(token, str):
+        return ""
+    for key in dict.fromkeys((json.dumps(token, ensure_ascii=False), json.dumps(token))):
+        found = list(re.finditer(re.escape(key) + r"\s*:", raw))
+        if len(found) >= occurrence:
+            return f" line {raw.count(chr(10), 0, found[occurrence - 1].start()) + 1}:"
+    return ""
+
+
+class BPETokenizer(_Tokenizer):
+    """Byte-level byte-pair encoding, as GPT-2: text -> UTF-8 bytes -> merged tokens.
+
+    ``BPETokenizer(vocab, merges, special_tokens=None)`` takes GPT-2's two files' contents: ``vocab``
+    maps token strings (in the :func:`bytes_to_unicode` alphabet) to ids 0..V-1, ``merges`` lists the
+    pairs ``(left, right)`` in the order they were learned (rank). Every one of the 256 single-byte
+    tokens must be in ``vocab``; every merge's parts and result must be too. The remaining entries are
+    special tokens (``<|endoftext|>``): ``special_tokens=None`` takes every entry that is neither a
+    byte nor a merge result as one, a list names them (each must be such an entry).
+
+    Ways to get one::
+
+        tok = BPETokenizer.train(text, vocab_size=2000)                 # learned here
+        tok = BPETokenizer.from_gpt2_files("vocab.json", "merges.txt")  # GPT-2's own files
+        tok.save_gpt2_files("out/")                                     # and back
+
+    Encoding: ``encode(text)`` returns an int64 array like the other tokenizers (what training code
+    uses); ``encode_ids(text)`` the same ids as a list of int. Text is split with :data:`GPT2_SPLIT`,
+    each piece's bytes are merged by rank (lowest first, all occurrences left to right, GPT-2's
+    rule), and each piece's ids are cached, so a corpus costs one regex pass plus one dict look-up per
+    piece. Special tokens: a literal ``<|endoftext|>`` in ``text`` is ordinary text by default (its
+    bytes are encoded, so special ids never come from user text); ``allowed_special="all"`` (or a set of
+    names) matches them first and emits their ids, which is what Hugging Face ``tokenizers`` and
+    ``GPT2TokenizerFast`` do with their added special tokens.
+
+    ``decode(ids)`` joins the tokens' bytes and decodes UTF-8 with replacement characters (U+FFFD) for
+    invalid sequences, as GPT-2 does; ids outside the vocabulary are a ValueError.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, vocab: Mapping[str, int], merges, special_tokens: Optional[Iterable[str]] = None):
+        self._build(vocab, merges, special_tokens, lambda tok: "vocab:", lambda i: f"merges[{i}]:")
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, vocab, merges, special_tokens, vwhere, mwhere) -> None:
+        """Validate and index. ``vwhere(token)`` / ``mwhere(i)`` prefix error messages with a place."""
+        if not isinstance(vocab, Mapping) or not vocab:
+            raise ValueError(f"{vwhere(None)} expected a non-empty mapping token -> id")
+        by_id: dict = {}
+        for tok, i in vocab.items():
+            if not isinstance(tok, str) or not tok:
+                raise ValueError(f"{vwhere(tok)} token {tok!r} is not a non-empty string")
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
+                raise ValueError(f"{vwhere(tok)} id of {tok!r} must be a non-negative integer, got {i!r}")
+            i = int(i)
+            if i in by_id:
+                raise ValueError(f"{vwhere(tok)} id {i} of {tok!r} is already the id of {by_id[i]!r} (duplicate id)")
+            by_id[i] = tok
+        n = len(by_id)
+        if max(by_id) != n - 1:
+            missing = next(i for i in range(n) if i not in by_id)
+            raise ValueError(f"{vwhere(None)} ids are not contiguous: {n} tokens with ids up to {max(by_id)}, "
+                             f"id {missing} is missing")
+        index = {tok: int(i) for tok, i in vocab.items()}
+        missing = [b for b, c in _BYTE_TO_CHAR.items() if c not in index]
+        if missing:
+            raise ValueError(f"{vwhere(None)} the single-byte token {_BYTE_TO_CHAR[missing[0]]!r} (byte "
+                             f"0x{missing[0]:02x}) is missing; a byte-level vocabulary holds all 256 bytes")
+        merges = list(merges)
+        ranks: dict = {}            # (left id, right id) -> rank
+        results: dict = {}          # (left id, right id) -> id of the merged token
+        pairs: list = []
+        produced = set()
+        for r, m in enumerate(merges):
+            if isinstance(m, str):
+                m = m.split(" ")
+            if not isinstance(m, (tuple, list)) or len(m) != 2 or not all(isinstance(x, str) and x for x in m):
+                raise ValueError(f"{mwhere(r)} expected two tokens separated by one space, got {m!r}")
+            a, b = m
+            for part in (a, b):
+                if part not in index:
+                    raise ValueError(f"{mwhere(r)} the token {part!r} of merge {a!r} {b!r} is not in the vocabulary")
+            if a + b not in index:
+                raise ValueError(f"{mwhere(r)} the result {a + b!r} of merge {a!r} {b!r} is not in the vocabulary")
+            pair = (index[a], index[b])
+            if pair in ranks:
+                raise ValueError(f"{mwhere(r)} merge {a!r} {b!r} repeats merge {ranks[pair]} (duplicate merge)")
+            ranks[pair] = r
+            results[pair] = index[a + b]
+            pairs.append(pair)
+            produced.add(a + b)
+        base = set(_BYTE_TO_CHAR.values())
+        others = [by_id[i] for i in range(n) if by_id[i] not in base and by_id[i] not in produced]
+        if special_tokens is None:
+            specials = others
+        else:
+            specials = list(special_tokens)
+            for s in specials:
+                if s not in index:
+                    raise ValueError(f"{vwhere(s)} special token {s!r} is not in the vocabulary")
+                if s in base or s in produced:
+                    raise ValueError(f"{vwhere(s)} special token {s!r} is also a byte or merge token")
+            extra = [t for t in others if t not in set(specials)]
+            if extra:
+                raise ValueError(f"{vwhere(extra[0])} token {extra[0]!r} is neither a byte, a merge result nor a "
+                                 f"special token")
+        special_set = set(specials)
+        self.vocab: dict = index                          # token string -> id
+        self.id_to_token: list = [by_id[i] for i in range(n)]
+        self.merges: list = pairs                         # (left id, right id) by rank
+        self.special_tokens: dict = {s: index[s] for s in sorted(specials, key=index.__getitem__)}
+        self._ranks = ranks
+        self._results = results
+        # id -> bytes (special tokens: their UTF-8 text, which decode shows)
+        self._bytes: list = [t.encode("utf-8") if t in special_set else _token_bytes(t) for t in self.id_to_token]
+        self._byte_ids: list = [index[_BYTE_TO_CHAR[b]] for b in range(256)]   # byte value -> id
+        self._lengths = np.fromiter(map(len, self._bytes), dtype=np.int64, count=n)  # (V,) bytes per token
+        self._split = _compile_split()
+        self._special_split = {}  # frozenset of allowed names -> compiled alternation
+        self._cache: dict = {}
+
+    @classmethod
+    def fit(cls, text: str, vocab_size: int = 512, **kwargs) -> "BPETokenizer":
+        """Alias of :meth:`train` (the name the other tokenizers use)."""
+        return cls.train(text, vocab_size, **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.id_to_token)
+
+    # ------------------------------------------------------------------ encoding
+    def _encode_piece(self, piece: str) -> tuple:
+        """One pre-token -> its ids: the bytes, then GPT-2's merge loop (lowest rank first)."""
+        ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
+        ranks, results = self._ranks, self._results
+        while len(ids) > 1:
+            best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, 1 << 62))
+            if best not in ranks:
+                break
+            a, b = best
+            new = results[best]
+            out, i, n = [], 0, len(ids)
+            while i < n:  # every occurrence, left to right
+                if i < n - 1 and ids[i] == a and ids[i + 1] == b:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            ids = out
+        return tuple(ids)
+
+    def _pieces_ids(self, text: str) -> list:
+        """text without special tokens -> list of id tuples, one per pre-token (cached)."""
+        cache = self._cache
+        pieces = self._split.findall(text)
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        out = []
+        for p in pieces:
+            ids = cache.get(p)
+            if ids is None:
+                ids = cache[p] = self._encode_piece(p)
+            out.append(ids)
+        return out
+
+    def _chunks(self, text: str, allowed_special):
+        """Split ``text`` at the allowed special tokens -> (ordinary text, None) | (None, special id)."""
+        if allowed_special in (None, (), frozenset()) or not self.special_tokens:
+            yield text, None
+            return
+        if allowed_special == "all":
+            names = frozenset(self.special_tokens)
+        else:
+            if isinstance(allowed_special, str):
+                raise ValueError(f"allowed_special must be 'all' or a collection of special tokens, "
+                                 f"got {allowed_special!r}")
+            names = frozenset(allowed_special)
+            unknown = sorted(names - set(self.special_tokens))
+            if unknown:
+                raise ValueError(f"allowed_special names {unknown[0]!r}, which is not a special token of this "
+                                 f"vocabulary ({', '.join(map(repr, self.special_tokens)) or 'none'})")
+            if not names:
+                yield text, None
+                return
+        pat = self._special_split.get(names)
+        if pat is None:  # longest first, so that a special token that contains another wins
+            pat = self._special_split[names] = re.compile(
+                "|".join(re.escape(s) for s in sorted(names, key=len, reverse=True)))
+        start = 0
+        for m in pat.finditer(text):
+            if m.start() > start:
+                yield text[start:m.start()], None
+            yield None, self.special_tokens[m.group()]
+            start = m.end()
+        if start < len(text):
+            yield text[start:], None
+
+    def encode_ids(self, text: str, allowed_special=()) -> list:
+        """text -> token ids as a list of int (see the class docstring for ``allowed_special``)."""
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        out: list = []
+        for chunk, special in self._chunks(text, allowed_special):
+            if special is not None:
+                out.append(special)
+            else:
+                for ids in self._pieces_ids(chunk):
+                    out.extend(ids)
+        return out
+
+    def encode(self, text: str, allowed_special=()) -> np.ndarray:
+        """text -> int64 ids, shape (number of tokens,): the whole-corpus path for training.
+
+        One regex pass over the text, one cached look-up per pre-token, and the id tuples flattened
+        straight into the array (``np.fromiter`` over ``itertools.chain``)."""
+        from itertools import chain
+
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        parts = []
+        for chunk, special in self._chunks(text, allowed_special):
+            parts.extend([(special,)] if special is not None else self._pieces_ids(chunk))
+        return np.fromiter(chain.from_iterable(parts), dtype=np.int64)
+
+    encode_array = encode
+
+    def decode(self, ids) -> str:
+        """ids -> text; invalid UTF-8 (a token sequence cut inside a character) becomes U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids) -> bytes:
+        """ids -> the raw bytes they stand for (special tokens as their UTF-8 text)."""
+        ids = _as_ids(ids)
+        _check_range(ids, self.vocab_size)
+        return b"".join(map(self._bytes.__getitem__, ids.tolist()))
+
+    def num_bytes(self, ids) -> int:
+        """UTF-8 bytes that ``ids`` stand for (exact, also where a token holds part of a character)."""
+        ids = _as_ids(ids)
+        _check_range(ids, self.vocab_size)
+        return int(self._lengths[ids].sum())
+
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes of token ``i``."""
+        return self._bytes[int(i)]
+
+    # ------------------------------------------------------------------ serialisation
+    def _merge_strings(self) -> list:
+        t = self.id_to_token
+        return [f"{t[a]} {t[b]}" for a, b in self.merges]
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "vocab": list(self.id_to_token), "merges": self._merge_strings(),
+                "special_tokens": list(self.special_tokens)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BPETokenizer":
+        _expect_type(d, cls.kind)
+        vocab = d["vocab"]
+        if not isinstance(vocab, list):
+            raise ValueError("a bpe tokenizer dict's vocab is a list of token strings (index = id)")
+        index = {}
+        for i, t in enumerate(vocab):
+            if t in index:
+                raise ValueError(f"vocab: token {t!r} appears twice (ids {index[t]} and {i})")
+            index[t] = i
+        merges = d.get("merges")
+        if not isinstance(merges, list):
+            raise ValueError("a bpe tokenizer dict has a merges list")
+        return cls(index, merges, d.get("special_tokens", []))
+
+    @classmethod
+    def from_gpt2_files(cls, vocab_json, merges_txt) -> "BPETokenizer":
+        """Read GPT-2's vocab.json (token -> id) and merges.txt (``#version`` line, then one "left right"
+        pair per line, by rank). Every problem is a one-line ValueError naming the file (and the line)."""
+        vpath, mpath = Path(vocab_json), Path(merges_txt)
+        raw = _read_text(vpath)
+
+        def pairs_hook(pairs):
+            seen = {}
+            for k, v in pairs:
+                if k in seen:
+                    raise _DuplicateKey(k)
+                seen[k] = v
+            return seen
+
+        try:
+            vocab = json.loads(raw, object_pairs_hook=pairs_hook)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{vpath}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        except _DuplicateKey as exc:
+            raise ValueError(f"{vpath}:{_line_of(raw, exc.args[0], 2)} token {exc.args[0]!r} appears twice") from None
+        if not isinstance(vocab, dict):
+            raise ValueError(f"{vpath}: expected a JSON object mapping token -> id, got {type(vocab).__name__}")
+        merges, lines = [], []
+        for n, line in enumerate(_read_text(mpath).split("\n"), start=1):
+            line = line.rstrip("\r")
+            if (n == 1 and line.startswith("#version")) or not line:
+                continue
+            merges.append(line)
+            lines.append(n)
+
+        def mwhere(r):
+            return f"{mpath}: line {lines[r]}:"
+
+        def vwhere(tok):
+            return f"{vpath}:" + (_line_of(raw, tok) if tok is not None else "")
+
+        tok = cls.__new__(cls)
+        tok._build(vocab, merges, None, vwhere, mwhere)
+        return tok
+
+    def save_gpt2_files(self, directory) -> tuple:
+        """Write ``directory/vocab.json`` and ``directory/merges.txt`` (each atomically); returns both paths."""
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"{directory}: exists and is not a directory")
+        vocab = json.dumps({t: i for i, t in enumerate(self.id_to_token)}, ensure_ascii=False)
+        merges = "#version: 0.2\n" + "".join(m + "\n" for m in self._merge_strings())
+        vpath, mpath = directory / "vocab.json", directory / "merges.txt"
+        atomic_write_text(vpath, vocab)
+        atomic_write_text(mpath, merges)
+        return vpath, mpath
+
+    def __repr__(self) -> str:
+        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+                f"special_tokens={list(self.special_tokens)})")
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def train(cls, text: str, vocab_size: int, special_tokens: Iterable[str] = (ENDOFTEXT,), min_frequency: int = 2,
+              progress=None) -> "BPETokenizer":
+        """Learn merges on ``text`` until the vocabulary (256 bytes + merges + ``special_tokens``) holds
+        ``vocab_size`` tokens, or no pair occurs ``min_frequency`` times.
+
+        The text is cut at the special tokens (they are never part of a merge) and split into
+        pre-tokens with :data:`GPT2_SPLIT`; the unique pre-tokens are counted once, and merges work
+        on them weighted by their counts. Each merge touches only the words that contain the pair
+        (``where``: pair -> set of word indices) and updates the pair counts of their neighbours; the
+        most frequent pair comes off a heap whose stale entries are re-pushed with their current
+        count when popped (lazy invalidation).
+
+        Tie-break (deterministic): the highest count, then the smallest pair of ids, with the 256
+        byte tokens numbered in the order of their :func:`bytes_to_unicode` characters (GPT-2's own
+        vocab.json order) and merged tokens numbered as they are made. This is Hugging Face
+        ``tokenizers``' BpeTrainer rule and numbering, so on the same text the two learn the same merges.
+        Like it, a merge whose result equals an existing token (``a`` + ``bc`` after ``ab`` + ``c``)
+        keeps that token's id. Special tokens take the last ids (GPT-2 puts ``<|endoftext|>`` last).
+
+        ``progress``: a tqdm bar over the merges; None shows it for more than 5,000 merges.
+        """
+        import heapq
+
+        if not isinstance(text, str) or not text:
+            raise ValueError("text: cannot train a BPE tokenizer on empty text")
+        if isinstance(special_tokens, str):
+            special_tokens = (special_tokens,)
+        specials = list(dict.fromkeys(special_tokens or ()))
+        for s in specials:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"special_tokens: each is a non-empty string, got {s!r}")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 256 + len(specials):
+            raise ValueError(f"vocab_size must be an integer >= {256 + len(specials)} (256 bytes + "
+                             f"{len(specials)} special tokens), got {vocab_size!r}")
+        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+            raise ValueError(f"min_frequency must be a positive integer, got {min_frequency!r}")
+
+        # base tokens: the 256 byte characters in code-point order (= GPT-2's vocab.json ids 0..255)
+        base = sorted(_BYTE_TO_CHAR.values())
+        id_to_token = list(base)
+        token_to_id = {t: i for i, t in enumerate(base)}
+        byte_id = [token_to_id[_BYTE_TO_CHAR[b]] for b in range(256)]
+
+        pieces = [text]
+        if specials:
+            cut = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+            pieces = cut.split(text)
+        split = _compile_split()
+        counts = Counter()
+        for piece in pieces:
+            counts.update(split.findall(piece))
+        words = [[byte_id[b] for b in w.encode("utf-8")] for w in counts]     # ids of each unique pre-token
+        freqs = list(counts.values())
+
+        pair_counts: dict = {}
+        where: dict = {}
+        for wi, (w, f) in enumerate(zip(words, freqs)):
+            for pair in zip(w, w[1:]):
+                pair_counts[pair] = pair_counts.get(pair, 0) + f
+                s = where.get(pair)
+                if s is None:
+                    where[pair] = {wi}
+                else:
+                    s.add(wi)
+        heap = [(-c, p) for p, c in pair_counts.items()]
+        heapq.heapify(heap)
+
+        target = vocab_size - len(specials)
+        bar = None
+        if progress or (progress is None and target - 256 > 5000):
+            from tqdm.auto import tqdm
+            bar = tqdm(total=target - 256, desc="bpe merges", unit="merge", mininterval=0.5)
+        merges = []
+        try:
+            while len(id_to_token) < target and heap:
+                negc, pair = heapq.heappop(heap)
+                c = pair_counts.get(pair, 0)
+                if -negc != c:              # stale: re-queue with the current count
+                    if c > 0:
+                        heapq.heappush(heap, (-c, pair))
+                    continue
+                if c < min_frequency:
+                    break
+                a, b = pair
+                merged = id_to_token[a] + id_to_token[b]
+                new = token_to_id.get(merged)
+                if new is None:
+                    new = token_to_id[merged] = len(id_to_token)
+                    id_to_token.append(merged)
+                    if bar is not None:
+                        bar.update(1)
+                merges.append((id_to_token[a], id_to_token[b]))
+                del pair_counts[pair]
+                touched = set()
+                for wi in where.pop(pair):
+                    w = words[wi]
+                    n = len(w)
+                    f = freqs[wi]
+                    out = []
+                    i = 0
+                    while i < n:
+                        if i < n - 1 and w[i] == a and w[i + 1] == b:
+                            if out:  # left neighbour (possibly the token just merged)
+                                prev = out[-1]
+                                pair_counts[(prev, a)] -= f
+                                p = (prev, new)
+                                pair_counts[p] = pair_counts.get(p, 0) + f
+                                where.setdefault(p, set()).add(wi)
+                                touched.add(p)
+                            if i + 2 < n:  # right neighbour
+                                nxt = w[i + 2]
+                                if (b, nxt) != pair:
+                                    pair_counts[(b, nxt)] -= f
+                                p = (new, nxt)
+                                pair_counts[p] = pair_counts.get(p, 0) + f
+                                where.setdefault(p, set()).add(wi)
+                                touched.add(p)
+                            out.append(new)
+                            i += 2
+                        else:
+                            out.append(w[i])
+                            i += 1
+                    if len(out) != n:
+                        words[wi] = out
+                for p in touched:
+                    c = pair_counts[p]
+                    if c > 0:
+                        heapq.heappush(heap, (-c, p))
+        finally:
+            if bar is not None:
+                bar.close()
+        vocab = {t: i for i, t in enumerate(id_to_token)}
+        for s in specials:
+            if s in vocab:
+                raise ValueError(f"special_tokens: {s!r} is also an ordinary token of the learned vocabulary")
+            vocab[s] = len(vocab)
+        return cls(vocab, merges, specials)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, expected a file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
+
+
+_KINDS["bpe"] = BPETokenizer
