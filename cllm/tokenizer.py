@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from functools import lru_cache
+from itertools import accumulate, repeat
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
@@ -332,6 +334,7 @@ _BYTE_TO_CHAR = bytes_to_unicode()
 _CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
 
 
+@lru_cache(maxsize=None)
 def _compile_split():
     try:
         import regex
@@ -340,12 +343,17 @@ def _compile_split():
     return regex.compile(GPT2_SPLIT)
 
 
+_TO_LATIN1 = {ord(c): b for c, b in _CHAR_TO_BYTE.items()}          # str.translate table: char -> byte
+_OUTSIDE_ALPHABET = re.compile("[^" + re.escape("".join(_CHAR_TO_BYTE)) + "]")
+_CODEPOINT_TO_BYTE = np.zeros(max(map(ord, _CHAR_TO_BYTE)) + 1, dtype=np.uint8)  # (324,) code point -> byte
+_CODEPOINT_TO_BYTE[[ord(c) for c in _CHAR_TO_BYTE]] = list(_CHAR_TO_BYTE.values())
+
+
 def _token_bytes(token: str) -> Optional[bytes]:
     """A token in GPT-2's byte alphabet -> its bytes; None if it holds a character outside the alphabet."""
-    try:
-        return bytes(map(_CHAR_TO_BYTE.__getitem__, token))
-    except KeyError:
+    if _OUTSIDE_ALPHABET.search(token):
         return None
+    return token.translate(_TO_LATIN1).encode("latin-1")
 
 
 def _line_of(raw: str, token, occurrence: int = 1) -> str:
@@ -399,49 +407,41 @@ class BPETokenizer(_Tokenizer):
         """Validate and index. ``vwhere(token)`` / ``mwhere(i)`` prefix error messages with a place."""
         if not isinstance(vocab, Mapping) or not vocab:
             raise ValueError(f"{vwhere(None)} expected a non-empty mapping token -> id")
-        by_id: dict = {}
-        for tok, i in vocab.items():
-            if not isinstance(tok, str) or not tok:
-                raise ValueError(f"{vwhere(tok)} token {tok!r} is not a non-empty string")
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
-                raise ValueError(f"{vwhere(tok)} id of {tok!r} must be a non-negative integer, got {i!r}")
-            i = int(i)
-            if i in by_id:
-                raise ValueError(f"{vwhere(tok)} id {i} of {tok!r} is already the id of {by_id[i]!r} (duplicate id)")
-            by_id[i] = tok
-        n = len(by_id)
-        if max(by_id) != n - 1:
-            missing = next(i for i in range(n) if i not in by_id)
-            raise ValueError(f"{vwhere(None)} ids are not contiguous: {n} tokens with ids up to {max(by_id)}, "
-                             f"id {missing} is missing")
-        index = {tok: int(i) for tok, i in vocab.items()}
+        n = len(vocab)
+        ids = list(vocab.values())
+        if (set(map(type, vocab)) == {str} and set(map(type, ids)) == {int} and "" not in vocab
+                and min(ids) == 0 and max(ids) == n - 1 and len(set(ids)) == n):  # the common case, in C
+            by_id = dict(zip(ids, vocab))
+            index = dict(vocab)
+        else:
+            by_id = self._check_vocab(vocab, vwhere)
+            index = {t: i for i, t in by_id.items()}
         missing = [b for b, c in _BYTE_TO_CHAR.items() if c not in index]
         if missing:
             raise ValueError(f"{vwhere(None)} the single-byte token {_BYTE_TO_CHAR[missing[0]]!r} (byte "
                              f"0x{missing[0]:02x}) is missing; a byte-level vocabulary holds all 256 bytes")
         merges = list(merges)
-        ranks: dict = {}            # (left id, right id) -> rank
-        results: dict = {}          # (left id, right id) -> id of the merged token
-        pairs: list = []
-        produced = set()
-        for r, m in enumerate(merges):
-            if isinstance(m, str):
-                m = m.split(" ")
-            if not isinstance(m, (tuple, list)) or len(m) != 2 or not all(isinstance(x, str) and x for x in m):
-                raise ValueError(f"{mwhere(r)} expected two tokens separated by one space, got {m!r}")
-            a, b = m
-            for part in (a, b):
-                if part not in index:
-                    raise ValueError(f"{mwhere(r)} the token {part!r} of merge {a!r} {b!r} is not in the vocabulary")
-            if a + b not in index:
-                raise ValueError(f"{mwhere(r)} the result {a + b!r} of merge {a!r} {b!r} is not in the vocabulary")
-            pair = (index[a], index[b])
-            if pair in ranks:
-                raise ValueError(f"{mwhere(r)} merge {a!r} {b!r} repeats merge {ranks[pair]} (duplicate merge)")
-            ranks[pair] = r
-            results[pair] = index[a + b]
-            pairs.append(pair)
-            produced.add(a + b)
+        pairs = left = None
+        if not merges:
+            left = right = []
+        elif set(map(type, merges)) == {str} and set(map(str.count, merges, repeat(" "))) == {1}:
+            flat = " ".join(merges).split(" ")                 # "a b" lines -> a, b, a, b, ...
+            left, right = flat[0::2], flat[1::2]
+        elif all(type(m) in (list, tuple) and len(m) == 2 for m in merges):
+            left, right = [m[0] for m in merges], [m[1] for m in merges]
+        if left is not None:  # fast path: whole lists at once
+            if set(map(type, left)) <= {str} and set(map(type, right)) <= {str} and "" not in left and "" not in right:
+                lids, rids = list(map(index.get, left)), list(map(index.get, right))
+                res = list(map(index.get, map(str.__add__, left, right)))
+                if None not in lids and None not in rids and None not in res:
+                    pairs = list(zip(lids, rids))
+                    ranks = dict(zip(pairs, range(len(pairs))))
+                    if len(ranks) != len(pairs):
+                        pairs = None
+        if pairs is None:  # something is wrong: find the first bad merge, one at a time, for the message
+            self._check_merges([m.split(" ") if isinstance(m, str) else m for m in merges], index, mwhere)
+        results = dict(zip(pairs, res))  # (left id, right id) -> id of the merged token
+        produced = set(map(by_id.__getitem__, res))
         base = set(_BYTE_TO_CHAR.values())
         others = [by_id[i] for i in range(n) if by_id[i] not in base and by_id[i] not in produced]
         if special_tokens is None:
@@ -458,19 +458,70 @@ class BPETokenizer(_Tokenizer):
                 raise ValueError(f"{vwhere(extra[0])} token {extra[0]!r} is neither a byte, a merge result nor a "
                                  f"special token")
         special_set = set(specials)
-        self.vocab: dict = index                          # token string -> id
-        self.id_to_token: list = [by_id[i] for i in range(n)]
+        id_to_token = [by_id[i] for i in range(n)]
+        # id -> bytes (special tokens: their UTF-8 text, which decode shows). One translate of all the
+        # ordinary tokens joined (one byte per character), then cut at the tokens' lengths.
+        ordinary = [t for t in id_to_token if t not in special_set]
+        joined = "".join(ordinary)
+        if _OUTSIDE_ALPHABET.search(joined):
+            bad = next(t for t in ordinary if _token_bytes(t) is None)
+            raise ValueError(f"{vwhere(bad)} token {bad!r} holds characters outside GPT-2's byte alphabet "
+                             f"(and is not a special token)")
+        flat_bytes = _CODEPOINT_TO_BYTE[np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)].tobytes()
+        ends = list(accumulate(map(len, ordinary)))
+        pieces = iter(map(flat_bytes.__getitem__, map(slice, [0] + ends[:-1], ends)))
+        tbytes = [t.encode("utf-8") if t in special_set else next(pieces) for t in id_to_token]
+        self.vocab: dict = dict(index)                    # token string -> id
+        self.id_to_token: list = id_to_token
         self.merges: list = pairs                         # (left id, right id) by rank
         self.special_tokens: dict = {s: index[s] for s in sorted(specials, key=index.__getitem__)}
         self._ranks = ranks
         self._results = results
-        # id -> bytes (special tokens: their UTF-8 text, which decode shows)
-        self._bytes: list = [t.encode("utf-8") if t in special_set else _token_bytes(t) for t in self.id_to_token]
+        self._bytes: list = tbytes
         self._byte_ids: list = [index[_BYTE_TO_CHAR[b]] for b in range(256)]   # byte value -> id
         self._lengths = np.fromiter(map(len, self._bytes), dtype=np.int64, count=n)  # (V,) bytes per token
         self._split = _compile_split()
         self._special_split = {}  # frozenset of allowed names -> compiled alternation
         self._cache: dict = {}
+
+    @staticmethod
+    def _check_vocab(vocab, vwhere) -> dict:
+        """The slow, entry-by-entry check of a vocabulary -> id -> token; raises at the first problem."""
+        by_id: dict = {}
+        for tok, i in vocab.items():
+            if not isinstance(tok, str) or not tok:
+                raise ValueError(f"{vwhere(tok)} token {tok!r} is not a non-empty string")
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
+                raise ValueError(f"{vwhere(tok)} id of {tok!r} must be a non-negative integer, got {i!r}")
+            i = int(i)
+            if i in by_id:
+                raise ValueError(f"{vwhere(tok)} id {i} of {tok!r} is already the id of {by_id[i]!r} (duplicate id)")
+            by_id[i] = tok
+        n = len(by_id)
+        if max(by_id) != n - 1:
+            missing = next(i for i in range(n) if i not in by_id)
+            raise ValueError(f"{vwhere(None)} ids are not contiguous: {n} tokens with ids up to {max(by_id)}, "
+                             f"id {missing} is missing")
+        return by_id
+
+    @staticmethod
+    def _check_merges(parts, index, mwhere) -> None:
+        """The slow, merge-by-merge check; raises at the first bad merge."""
+        ranks: dict = {}
+        for r, m in enumerate(parts):
+            if not isinstance(m, (tuple, list)) or len(m) != 2 or not all(isinstance(x, str) and x for x in m):
+                raise ValueError(f"{mwhere(r)} expected two tokens separated by one space, got {m!r}")
+            a, b = m
+            for part in (a, b):
+                if part not in index:
+                    raise ValueError(f"{mwhere(r)} the token {part!r} of merge {a!r} {b!r} is not in the vocabulary")
+            if a + b not in index:
+                raise ValueError(f"{mwhere(r)} the result {a + b!r} of merge {a!r} {b!r} is not in the vocabulary")
+            pair = (index[a], index[b])
+            if pair in ranks:
+                raise ValueError(f"{mwhere(r)} merge {a!r} {b!r} repeats merge {ranks[pair]} (duplicate merge)")
+            ranks[pair] = r
+        raise AssertionError("unreachable: the fast check failed but no merge is wrong")  # pragma: no cover
 
     @classmethod
     def fit(cls, text: str, vocab_size: int = 512, **kwargs) -> "BPETokenizer":
@@ -631,12 +682,14 @@ class BPETokenizer(_Tokenizer):
         raw = _read_text(vpath)
 
         def pairs_hook(pairs):
-            seen = {}
-            for k, v in pairs:
-                if k in seen:
-                    raise _DuplicateKey(k)
-                seen[k] = v
-            return seen
+            d = dict(pairs)
+            if len(d) != len(pairs):  # a key given twice, which json.loads would silently drop
+                seen = set()
+                for k, _ in pairs:
+                    if k in seen:
+                        raise _DuplicateKey(k)
+                    seen.add(k)
+            return d
 
         try:
             vocab = json.loads(raw, object_pairs_hook=pairs_hook)
@@ -646,13 +699,17 @@ class BPETokenizer(_Tokenizer):
             raise ValueError(f"{vpath}:{_line_of(raw, exc.args[0], 2)} token {exc.args[0]!r} appears twice") from None
         if not isinstance(vocab, dict):
             raise ValueError(f"{vpath}: expected a JSON object mapping token -> id, got {type(vocab).__name__}")
-        merges, lines = [], []
-        for n, line in enumerate(_read_text(mpath).split("\n"), start=1):
-            line = line.rstrip("\r")
-            if (n == 1 and line.startswith("#version")) or not line:
-                continue
-            merges.append(line)
-            lines.append(n)
+        mraw = _read_text(mpath)
+        all_lines = (mraw.replace("\r\n", "\n") if "\r" in mraw else mraw).split("\n")
+        start = 1 if all_lines and all_lines[0].startswith("#version") else 0
+        merges = all_lines[start:]
+        while merges and not merges[-1]:
+            merges.pop()
+        if "" in merges:  # blank lines inside: skip them, keeping each merge's line number
+            lines = [n for n, line in enumerate(merges, start=start + 1) if line]
+            merges = [line for line in merges if line]
+        else:
+            lines = range(start + 1, start + 1 + len(merges))
 
         def mwhere(r):
             return f"{mpath}: line {lines[r]}:"
