@@ -310,6 +310,7 @@ def load_tokenizer(path):
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
 _CACHE_LIMIT = 200_000  # cached pre-token encodings before the cache is cleared
+_NO_RANK = 1 << 62       # the rank of a pair that is not a merge
 
 
 def bytes_to_unicode() -> dict:
@@ -477,6 +478,7 @@ class BPETokenizer(_Tokenizer):
         self.special_tokens: dict = {s: index[s] for s in sorted(specials, key=index.__getitem__)}
         self._ranks = ranks
         self._results = results
+        self._made = res                                  # rank -> id of the merged token
         self._bytes: list = tbytes
         self._byte_ids: list = [index[_BYTE_TO_CHAR[b]] for b in range(256)]   # byte value -> id
         self._lengths = np.fromiter(map(len, self._bytes), dtype=np.int64, count=n)  # (V,) bytes per token
@@ -534,17 +536,23 @@ class BPETokenizer(_Tokenizer):
 
     # ------------------------------------------------------------------ encoding
     def _encode_piece(self, piece: str) -> tuple:
-        """One pre-token -> its ids: the bytes, then GPT-2's merge loop (lowest rank first)."""
+        """One pre-token -> its ids: the bytes, then GPT-2's merge loop (lowest rank first, every
+        occurrence of that pair left to right, until no adjacent pair has a rank)."""
         ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
-        ranks, results = self._ranks, self._results
+        get, merges, made = self._ranks.get, self.merges, self._made
         while len(ids) > 1:
-            best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, 1 << 62))
-            if best not in ranks:
+            ranks = list(map(get, zip(ids, ids[1:]), repeat(_NO_RANK)))   # rank of each adjacent pair
+            r = min(ranks)
+            if r == _NO_RANK:
                 break
-            a, b = best
-            new = results[best]
+            new = made[r]
+            if ranks.count(r) == 1:  # the usual case: one occurrence
+                i = ranks.index(r)
+                ids[i:i + 2] = [new]
+                continue
+            a, b = merges[r]
             out, i, n = [], 0, len(ids)
-            while i < n:  # every occurrence, left to right
+            while i < n:
                 if i < n - 1 and ids[i] == a and ids[i + 1] == b:
                     out.append(new)
                     i += 2
@@ -558,15 +566,13 @@ class BPETokenizer(_Tokenizer):
         """text without special tokens -> list of id tuples, one per pre-token (cached)."""
         cache = self._cache
         pieces = self._split.findall(text)
-        if len(cache) > _CACHE_LIMIT:
+        missing = set(pieces).difference(cache)
+        if len(cache) + len(missing) > _CACHE_LIMIT:
             cache.clear()
-        out = []
-        for p in pieces:
-            ids = cache.get(p)
-            if ids is None:
-                ids = cache[p] = self._encode_piece(p)
-            out.append(ids)
-        return out
+            missing = set(pieces)
+        for p in missing:  # each distinct new piece once
+            cache[p] = self._encode_piece(p)
+        return list(map(cache.__getitem__, pieces))
 
     def _chunks(self, text: str, allowed_special):
         """Split ``text`` at the allowed special tokens -> (ordinary text, None) | (None, special id)."""
