@@ -1,6 +1,6 @@
-"""Character and word tokenizers with a common interface and JSON save/load.
+"""Character, word and byte-level BPE tokenizers with a common interface and JSON save/load.
 
-Both tokenizers turn a string into a 1-D ``int64`` array of token ids and back::
+All three turn a string into a 1-D ``int64`` array of token ids and back::
 
     tok = CharTokenizer.fit(text)         # or WordTokenizer.fit(text, min_freq=2, max_vocab=5000)
     ids = tok.encode(text)                # np.ndarray[int64], shape (N,)
@@ -18,9 +18,14 @@ single punctuation marks and runs of whitespace, so that every character of a te
 one token and ``decode(encode(text)) == text`` whenever all tokens are known. Id 0 is ``<unk>``; words
 rarer than ``min_freq`` or beyond ``max_vocab`` map to it.
 
-Neither encoder loops over characters or tokens in Python: the character tokenizer works on the array
-of code points with ``np.searchsorted``, and the word tokenizer maps tokens through a dict in C
-(``map(dict.__getitem__, ...)``).
+``BPETokenizer``: GPT-2's byte-level byte-pair encoding, learned here (``BPETokenizer.train(text,
+vocab_size)``) or read from GPT-2's vocab.json + merges.txt; every text encodes (no unknown tokens) and
+decodes back exactly. Bits per byte (``num_bytes``) make its losses comparable with the others'.
+
+Neither the character nor the word encoder loops over characters or tokens in Python: the character
+tokenizer works on the array of code points with ``np.searchsorted``, and the word tokenizer maps
+tokens through a dict in C (``map(dict.__getitem__, ...)``). The BPE encoder runs its merge loop once
+per distinct pre-token and caches the result.
 """
 from __future__ import annotations
 
