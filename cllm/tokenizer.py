@@ -581,7 +581,7 @@ class BPETokenizer(_Tokenizer):
 
     def _chunks(self, text: str, allowed_special):
         """Split ``text`` at the allowed special tokens -> (ordinary text, None) | (None, special id)."""
-        if allowed_special in (None, (), frozenset()) or not self.special_tokens:
+        if allowed_special is None or (not isinstance(allowed_special, str) and not allowed_special):
             yield text, None
             return
         if allowed_special == "all":
@@ -595,9 +595,9 @@ class BPETokenizer(_Tokenizer):
             if unknown:
                 raise ValueError(f"allowed_special names {unknown[0]!r}, which is not a special token of this "
                                  f"vocabulary ({', '.join(map(repr, self.special_tokens)) or 'none'})")
-            if not names:
-                yield text, None
-                return
+        if not names:
+            yield text, None
+            return
         pat = self._special_split.get(names)
         if pat is None:  # longest first, so that a special token that contains another wins
             pat = self._special_split[names] = re.compile(

@@ -7,6 +7,7 @@ skipped with the pip command when it is missing.
 """
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -459,10 +460,14 @@ def test_bad_encode_decode_arguments(ours):
         ours.decode([1.5])
     with pytest.raises(ValueError, match="expects a str"):
         ours.encode(b"bytes")
-    with pytest.raises(ValueError, match="'<|pad|>', which is not a special token"):
+    with pytest.raises(ValueError, match=re.escape("'<|pad|>', which is not a special token of this vocabulary ('<|endoftext|>')")):
         ours.encode("x", allowed_special={"<|pad|>"})
     with pytest.raises(ValueError, match="allowed_special must be 'all'"):
         ours.encode("x", allowed_special="none")
+    no_specials = BPETokenizer.train("abc abc", 300, special_tokens=())
+    with pytest.raises(ValueError, match=re.escape("'<|endoftext|>', which is not a special token of this vocabulary (none)")):
+        no_specials.encode("x<|endoftext|>", allowed_special={ENDOFTEXT})
+    assert no_specials.decode(no_specials.encode("x<|endoftext|>", allowed_special="all")) == "x<|endoftext|>"
 
 
 def test_bad_checkpoint_dicts(ours):
