@@ -446,7 +446,6 @@ class BPETokenizer(_Tokenizer):
                         pairs = None
         if pairs is None:  # something is wrong: find the first bad merge, one at a time, for the message
             self._check_merges([m.split(" ") if isinstance(m, str) else m for m in merges], index, mwhere)
-        results = dict(zip(pairs, res))  # (left id, right id) -> id of the merged token
         produced = set(map(by_id.__getitem__, res))
         base = set(_BYTE_TO_CHAR.values())
         others = [by_id[i] for i in range(n) if by_id[i] not in base and by_id[i] not in produced]
@@ -482,7 +481,6 @@ class BPETokenizer(_Tokenizer):
         self.merges: list = pairs                         # (left id, right id) by rank
         self.special_tokens: dict = {s: index[s] for s in sorted(specials, key=index.__getitem__)}
         self._ranks = ranks
-        self._results = results
         self._made = res                                  # rank -> id of the merged token
         self._bytes: list = tbytes
         self._byte_ids: list = [index[_BYTE_TO_CHAR[b]] for b in range(256)]   # byte value -> id

@@ -570,3 +570,17 @@ def test_bits_per_byte_for_characters_and_old_histories():
     assert plain.history.val_bpb == [None] and len(plain.history.val_loss) == 1
     with pytest.raises(ValueError, match="val_bytes_per_token must be a positive number"):
         _small_trainer(tok, text, 0.0)
+
+
+def test_tokens_outside_the_byte_alphabet():
+    base = {c: i for i, c in enumerate(sorted(bytes_to_unicode().values()))}
+    # "\n" is not a byte character (that is "Ċ"); as a vocabulary entry that no merge makes it counts as
+    # a special token, but a merge result holding it cannot stand for bytes
+    with pytest.raises(ValueError) as exc:
+        BPETokenizer({**base, "\n": 256, "Ġ\n": 257}, [("Ġ", "\n")])
+    assert "token 'Ġ\\n' holds characters outside GPT-2's byte alphabet" in _one_line(exc)
+    with pytest.raises(ValueError) as exc:
+        BPETokenizer({**base, "<|x|>": 256, "ab": 257}, ["a b"], special_tokens=[])
+    assert "token '<|x|>' is neither a byte, a merge result nor a special token" in _one_line(exc)
+    tok = BPETokenizer({**base, "<|x|>": 256, "ab": 257}, ["a b"], special_tokens=["<|x|>"])
+    assert tok.decode(tok.encode("ab<|x|>", allowed_special="all")) == "ab<|x|>" and tok.encode("ab").tolist() == [257]
