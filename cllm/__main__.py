@@ -88,11 +88,33 @@ def _add_train_args(p):
     g.add_argument("--seed", type=_nonneg_int, default=t.seed)
     g = p.add_argument_group("data and output")
     g.add_argument("--data", default=None, help="a UTF-8 text file or a folder of .txt files (default: built-in corpus)")
-    g.add_argument("--tokenizer", choices=["char", "word"], default="char")
+    g.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char")
+    g.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help=f"--tokenizer bpe: tokens in the vocabulary, learned on the training split "
+                        f"(default {_BPE_VOCAB})")
     g.add_argument("--out", default=None, help="run directory (default: runs/<tokenizer>-<date>-<time>)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     g.add_argument("--sample-tokens", type=_nonneg_int, default=300, help="length of the sample printed at the end")
     g.add_argument("--no-progress", action="store_true")
+
+
+_BPE_VOCAB = 512  # default --vocab-size of a byte-level BPE
+
+
+def _fit_tokenizer(args, text):
+    """The tokenizer ``--tokenizer`` names, built from ``text`` (BPE: learned on the training split only)."""
+    from .data import split
+    from .tokenizer import BPETokenizer, CharTokenizer, WordTokenizer
+
+    if args.tokenizer != "bpe":
+        if args.vocab_size is not None:
+            raise UserError("--vocab-size applies to --tokenizer bpe only")
+        return CharTokenizer.fit(text) if args.tokenizer == "char" else WordTokenizer.fit(text)
+    try:
+        return BPETokenizer.train(split(text, 0.1)[0] or text, args.vocab_size or _BPE_VOCAB,
+                                  progress=False if args.no_progress else None)
+    except ValueError as exc:
+        raise UserError(f"--vocab-size: {exc}") from None
 
 
 def _load_corpus(args):
@@ -138,7 +160,7 @@ def cmd_train(args):
         train_cfg = TrainConfig.from_dict({**ck.train_cfg, **overrides})
         out = Path(args.out) if args.out else Path(args.resume)
     else:
-        tok = CharTokenizer.fit(text) if args.tokenizer == "char" else WordTokenizer.fit(text)
+        tok = _fit_tokenizer(args, text)
         ids = tok.encode(text)
         codes = None
         if args.embedding == "lattice" or args.attention_bias == "lattice":
@@ -165,15 +187,17 @@ def cmd_train(args):
         raise UserError(f"{source}: {len(ids)} tokens are too few for seq_len={train_cfg.seq_len} "
                         f"(each split needs at least {need})")
     _check_training_memory(model_cfg, train_cfg, len(val_ids))  # before any model is built
+    val_bpt = tok.num_bytes(val_ids) / len(val_ids)  # UTF-8 bytes per token of the validation split
 
     if args.resume:
-        trainer = Trainer.resume(args.resume, train_ids, val_ids, train_cfg, out_dir=out, progress=not args.no_progress)
+        trainer = Trainer.resume(args.resume, train_ids, val_ids, train_cfg, out_dir=out, progress=not args.no_progress,
+                                 val_bytes_per_token=val_bpt)
         model = trainer.model
         print(f"resuming {args.resume} at step {trainer.step} of {train_cfg.steps}")
     else:
         model = Model(model_cfg, seed=args.seed)
         trainer = Trainer(model, train_ids, val_ids, train_cfg, tokenizer=tok, run_dir=out,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, val_bytes_per_token=val_bpt)
     n_val = (len(val_ids) - 1) // train_cfg.seq_len
     print(f"data: {source}: {len(text):,} characters, {len(ids):,} tokens, vocabulary {tok.vocab_size}; "
           f"train {len(train_ids):,} / validation {len(val_ids):,} tokens")
@@ -183,7 +207,8 @@ def cmd_train(args):
 
     def report(trainer, event, info):
         if event == "eval":
-            print(f"step {info['step']:>6}: validation loss {info['val_loss']:.4f}", file=sys.stderr if
+            print(f"step {info['step']:>6}: validation loss {info['val_loss']:.4f} "
+                  f"({info['val_bpb']:.4f} bits per byte)", file=sys.stderr if
                   not args.no_progress else sys.stdout, flush=True)
 
     trainer.callbacks.append(report)
@@ -197,7 +222,8 @@ def cmd_train(args):
     val = history.val_loss[-1]
     plot_history(history, out / "loss.png", title=f"{out.name}: loss")
     print(f"final validation loss {val:.4f} (mean over all {n_val} windows of {train_cfg.seq_len} tokens "
-          f"of the validation split) at step {trainer.step}")
+          f"of the validation split) at step {trainer.step}; {history.val_bpb[-1]:.4f} bits per byte "
+          f"({val_bpt:.3f} bytes per token)")
     tps = np.median(history.tokens_per_s) if history.tokens_per_s else float("nan")
     print(f"time: {elapsed:.1f} s for {len(history.step)} steps ({tps:,.0f} tokens/s median)")
     print(f"wrote {out}/loss.png and the checkpoint {out}/latest")

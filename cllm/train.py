@@ -47,6 +47,7 @@ class History:
     tokens_per_s: list = field(default_factory=list)
     val_step: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
+    val_bpb: list = field(default_factory=list)  # bits per byte at val_step; None where unknown
     ratio_step: list = field(default_factory=list)
     update_ratio: list = field(default_factory=list)  # |delta params| / |params| at logging steps
 
@@ -72,7 +73,7 @@ class Trainer:
     """
 
     def __init__(self, model: Model, train_data, val_data, cfg: TrainConfig = TrainConfig(), tokenizer=None,
-                 run_dir=None, callbacks: Optional[list] = None, progress=True):
+                 run_dir=None, callbacks: Optional[list] = None, progress=True, val_bytes_per_token=None):
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
         if cfg.seq_len > model.cfg.max_seq_len:
@@ -81,6 +82,11 @@ class Trainer:
         self.cfg = cfg
         self.train_data = np.asarray(train_data)
         self.val_data = None if val_data is None else np.asarray(val_data)
+        if val_bytes_per_token is not None and not (isinstance(val_bytes_per_token, (int, float, np.number))
+                                                    and 0 < val_bytes_per_token < float("inf")):
+            raise ValueError(f"val_bytes_per_token must be a positive number, got {val_bytes_per_token!r}")
+        # UTF-8 bytes per token of the validation text: turns nats per token into bits per byte
+        self.val_bytes_per_token = None if val_bytes_per_token is None else float(val_bytes_per_token)
         if len(self.train_data) < cfg.seq_len + 1:
             raise ValueError(f"training data has {len(self.train_data)} tokens; seq_len={cfg.seq_len} needs at least "
                              f"{cfg.seq_len + 1}")
@@ -202,9 +208,14 @@ class Trainer:
 
     def run_eval(self) -> float:
         val = self.evaluate()
-        self.history.val_step.append(self.step)
-        self.history.val_loss.append(val)
-        self._emit("eval", dict(step=self.step, val_loss=val))
+        h = self.history
+        h.val_bpb.extend([None] * (len(h.val_loss) - len(h.val_bpb)))  # a run saved before val_bpb existed
+        # bits per byte = (nats per token) / (bytes per token) / ln 2: comparable across tokenizers
+        bpb = None if self.val_bytes_per_token is None else val / self.val_bytes_per_token / math.log(2)
+        h.val_step.append(self.step)
+        h.val_loss.append(val)
+        h.val_bpb.append(bpb)
+        self._emit("eval", dict(step=self.step, val_loss=val, val_bpb=bpb))
         return val
 
     def train(self, steps: Optional[int] = None) -> History:
