@@ -17,7 +17,8 @@ def _plt():
 def plot_history(history, path=None, ax=None, title="loss", label=None):
     """Training loss per step (thin) and validation loss (markers) of a :class:`cllm.train.History`.
 
-    With ``path`` the figure is written as PNG (folders created) and closed; returns the axes.
+    With ``path`` the figure is written as PNG (folders created; atomically: a temp file, then
+    os.replace, so a failed write leaves no half-written file) and closed; returns the axes.
     """
     plt = _plt()
     own = ax is None
@@ -33,10 +34,25 @@ def plot_history(history, path=None, ax=None, title="loss", label=None):
     ax.grid(alpha=0.3)
     ax.legend()
     if path is not None:
+        import os
+        import tempfile
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         ax.figure.tight_layout()
-        ax.figure.savefig(path)
-        if own:
-            plt.close(ax.figure)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                ax.figure.savefig(f, format=path.suffix[1:] or "png")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        finally:
+            if own:
+                plt.close(ax.figure)
     return ax
