@@ -165,12 +165,13 @@ def _resume_run_dir(resume: Path):
     return run, newest
 
 
-def _inside_checkpoint(out: Path):
-    """The checkpoint folder that ``out`` is (or lies inside), or None: a run is never written there."""
+def _check_out(out: Path) -> None:
+    """--out must be a folder (or not exist yet), and never a checkpoint folder or inside one."""
     for q in (Path(os.path.abspath(out)), *Path(os.path.abspath(out)).parents):
         if (q / "manifest.json").is_file():
-            return q
-    return None
+            raise UserError(f"--out {out}: inside the checkpoint folder {q}; choose another")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
 
 
 def _load_corpus(args):
@@ -212,10 +213,7 @@ def _train(args, held):
         else:
             out = run_dir
         same_run = run_dir is not None and os.path.realpath(out) == os.path.realpath(run_dir)
-        if _inside_checkpoint(out) is not None:
-            raise UserError(f"--out {out}: inside the checkpoint folder {_inside_checkpoint(out)}; choose another")
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out}: exists and is not a directory")
+        _check_out(out)
         held.enter_context(RunLock(out))  # before anything is read or written: one writer per run
         if not same_run and not run_dir_is_empty(out):
             raise UserError(f"{out}: already exists and is not empty, and is not the run being resumed; "
@@ -255,10 +253,7 @@ def _train(args, held):
                                 eval_interval=args.eval_interval, eval_max_batches=args.eval_batches,
                                 checkpoint_interval=args.checkpoint_interval, seed=args.seed, workers=args.workers)
         out = Path(args.out) if args.out else Path("runs") / f"{args.tokenizer}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if _inside_checkpoint(out) is not None:
-            raise UserError(f"--out {out}: inside the checkpoint folder {_inside_checkpoint(out)}; choose another")
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out}: exists and is not a directory")
+        _check_out(out)
         held.enter_context(RunLock(out))  # before the emptiness check: two runs cannot both pass it
         if not run_dir_is_empty(out):
             raise UserError(f"{out}: already exists and is not empty; pass --resume {out} or choose another --out")

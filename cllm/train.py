@@ -185,9 +185,10 @@ class Trainer:
                 where = f"; {saved} saved to {dump}"
             except OSError as exc:
                 where = f"; the dump of the {saved} could not be written to {dump} ({exc.strerror or exc})"
-            last = ckpt.list_checkpoints(self.run_dir)
-            if last:
-                where += f"; last good checkpoint: {last[-1]}"
+            try:
+                where += f"; last good checkpoint: {ckpt.resolve_checkpoint_dir(self.run_dir)}"
+            except ckpt.CheckpointError:
+                pass  # none yet
         raise TrainingDiverged(f"step {self.step}: {what} (lr {lr:.3g}){where}")
 
     def train_step(self) -> dict:

@@ -370,3 +370,15 @@ def test_train_defaults_are_unchanged():
         (t.steps, t.lr, t.seq_len, t.seed, None, None, "char")
     args = build_parser().parse_args(["train", "--lr", "0.01", "--untied"])
     assert _given_train_flags(args) == {"lr", "untied"} and args.lr == 0.01 and args.steps == t.steps
+
+
+@pytest.mark.parametrize("interval", ["1", "500"])
+def test_an_overflowing_update_stops_the_run_without_saving_it(capsys, tmp_path, text_file, interval):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, ["train", "--data", str(text_file), "--out", str(out), "--lr", "1e39",
+                                     "--warmup-steps", "0", "--steps", "1", "--checkpoint-interval", interval] + TINY)
+    assert code == 1 and "final validation loss" not in stdout
+    line = [ln for ln in err.splitlines() if ln.startswith("cllm:")]
+    assert len(line) == 1 and "step 1: parameter" in line[0] and "not finite" in line[0], err
+    assert "last good checkpoint" not in line[0]
+    assert not (out / "latest").exists() and not list((out / "checkpoints").glob("step_*"))
