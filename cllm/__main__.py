@@ -6,6 +6,8 @@ checkpoint) prints one line to stderr and exits with status 2, before anything i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,6 +98,83 @@ def _add_train_args(p):
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     g.add_argument("--sample-tokens", type=_nonneg_int, default=300, help="length of the sample printed at the end")
     g.add_argument("--no-progress", action="store_true")
+    # Which flags were given: every default becomes SUPPRESS (absent from the namespace unless given)
+    # and cmd_train fills the defaults in, so that --resume can tell a conflicting flag from a default.
+    defaults = {}
+    for action in p._actions:
+        if action.default is not argparse.SUPPRESS:
+            defaults[action.dest] = action.default
+            action.default = argparse.SUPPRESS
+    p.set_defaults(_train_defaults=defaults)
+
+
+def _given_train_flags(args) -> set:
+    """The train flags given on the command line; the others are set to their defaults."""
+    defaults = getattr(args, "_train_defaults", {})
+    given = {dest for dest in defaults if hasattr(args, dest)}
+    for dest, value in defaults.items():
+        if not hasattr(args, dest):
+            setattr(args, dest, value)
+    return given
+
+
+# On --resume: flags that may change (how the run proceeds, not what it computes) ...
+_RESUME_CHANGEABLE = ("steps", "workers", "eval_interval", "eval_batches", "checkpoint_interval")
+# ... and flags that must agree with the checkpoint: flag dest -> (config, field)
+_RESUME_FIXED = {**{d: ("model", d) for d in ("d_model", "n_layers", "n_heads", "d_ff", "activation", "init",
+                                                 "dropout", "embedding", "attention_bias", "dtype")},
+                 **{d: ("train", d) for d in ("seq_len", "batch_size", "optimizer", "lr", "min_lr", "warmup_steps",
+                                                 "lr_decay_steps", "beta1", "beta2", "weight_decay", "momentum",
+                                                 "grad_clip", "grad_accum", "seed")}}
+
+
+def _flag(dest) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_resume_flags(args, given, ck) -> None:
+    """A model, tokenizer or training flag given with --resume must equal the checkpoint's value."""
+    for dest in sorted(given):
+        if dest in _RESUME_FIXED:
+            where, name = _RESUME_FIXED[dest]
+            value, stored = getattr(args, dest), (ck.model_cfg if where == "model" else ck.train_cfg).get(name)
+        elif dest == "untied":
+            value, stored = args.untied, not ck.model_cfg.get("tie_weights", True)
+        elif dest == "tokenizer":
+            value, stored = args.tokenizer, ck.tokenizer.get("type")
+        else:
+            continue
+        if value != stored:
+            shown = "" if isinstance(value, bool) else f" {value}"
+            raise UserError(f"{_flag(dest)}{shown} conflicts with the checkpoint's {dest} {stored!r} "
+                            f"({args.resume}); a resumed run keeps its model, tokenizer and training settings "
+                            f"(it may change {', '.join(map(_flag, _RESUME_CHANGEABLE))})")
+
+
+def _resume_run_dir(resume: Path):
+    """--resume names a run directory or one of its checkpoint folders -> (run directory or None for a
+    checkpoint folder outside a run, whether it is the run's newest checkpoint)."""
+    from .checkpoint import CHECKPOINTS, resolve_checkpoint_dir
+
+    if not (resume / "manifest.json").is_file():
+        return resume, True
+    if resume.parent.name != CHECKPOINTS:
+        return None, False
+    run = resume.parent.parent
+    try:
+        newest = os.path.realpath(resolve_checkpoint_dir(run)) == os.path.realpath(resume)
+    except ValueError:
+        newest = False
+    return run, newest
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder (or not exist yet), and never a checkpoint folder or inside one."""
+    for q in (Path(os.path.abspath(out)), *Path(os.path.abspath(out)).parents):
+        if (q / "manifest.json").is_file():
+            raise UserError(f"--out {out}: inside the checkpoint folder {q}; choose another")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
 
 
 _BPE_VOCAB = 512  # default --vocab-size of a byte-level BPE
@@ -137,28 +216,56 @@ def _check_training_memory(model_cfg, train_cfg, n_val_tokens):
 
 
 def cmd_train(args):
+    with contextlib.ExitStack() as held:  # the run directory's lock, for the whole run
+        return _train(args, held)
+
+
+def _train(args, held):
     import numpy as np
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import RunLock, check_run_dir_writable, load_checkpoint, run_dir_is_empty
     from .config import ModelConfig, TrainConfig
     from .data import split
     from .model import Model
     from .tokenizer import CharTokenizer, WordTokenizer, tokenizer_from_dict
-    from .train import Trainer, TrainingDiverged
     from .plots import plot_history
+    from .train import Trainer, TrainingDiverged, TrainingInterrupted
 
     # ---- everything is checked before anything is written
+    given = _given_train_flags(args)
     text, source = _load_corpus(args)
     if args.resume:
+        run_dir, newest = _resume_run_dir(Path(args.resume))
+        if args.out:
+            out = Path(args.out)
+        elif run_dir is None:
+            raise UserError(f"{args.resume}: a checkpoint folder outside a run directory; pass --out for the resumed run")
+        elif not newest:
+            raise UserError(f"{args.resume}: not the newest checkpoint of {run_dir}; pass --out to continue it "
+                            "as a new run (or --resume the run directory)")
+        else:
+            out = run_dir
+        same_run = run_dir is not None and os.path.realpath(out) == os.path.realpath(run_dir)
+        _check_out(out)
+        held.enter_context(RunLock(out))  # before anything is read or written: one writer per run
+        if not same_run and not run_dir_is_empty(out):
+            raise UserError(f"{out}: already exists and is not empty, and is not the run being resumed; "
+                            "choose an empty or new --out")
         ck = load_checkpoint(args.resume)
+        if ck.train_cfg is None or ck.tokenizer is None:
+            raise UserError(f"{args.resume}: the checkpoint has no {'training configuration' if ck.tokenizer else 'tokenizer'}; "
+                            "it cannot be resumed")
+        _check_resume_flags(args, given, ck)
         tok = tokenizer_from_dict(ck.tokenizer)
         ids = tok.encode(text)
         model_cfg = ModelConfig.from_dict(ck.model_cfg)
-        overrides = {"steps": max(args.steps, ck.step)}
-        if args.workers is not None:  # how the steps are computed, not what they compute: may change
-            overrides["workers"] = args.workers
+        # how the run proceeds, not what it computes: these may change; the rest stays the checkpoint's
+        overrides = {"steps": max(args.steps if "steps" in given else ck.train_cfg["steps"], ck.step)}
+        for dest, name in (("workers", "workers"), ("eval_interval", "eval_interval"),
+                           ("eval_batches", "eval_max_batches"), ("checkpoint_interval", "checkpoint_interval")):
+            if dest in given:
+                overrides[name] = getattr(args, dest)
         train_cfg = TrainConfig.from_dict({**ck.train_cfg, **overrides})
-        out = Path(args.out) if args.out else Path(args.resume)
     else:
         tok = _fit_tokenizer(args, text)
         ids = tok.encode(text)
@@ -179,7 +286,9 @@ def cmd_train(args):
                                 eval_interval=args.eval_interval, eval_max_batches=args.eval_batches,
                                 checkpoint_interval=args.checkpoint_interval, seed=args.seed, workers=args.workers)
         out = Path(args.out) if args.out else Path("runs") / f"{args.tokenizer}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if out.exists() and any(out.iterdir()):
+        _check_out(out)
+        held.enter_context(RunLock(out))  # before the emptiness check: two runs cannot both pass it
+        if not run_dir_is_empty(out):
             raise UserError(f"{out}: already exists and is not empty; pass --resume {out} or choose another --out")
     train_ids, val_ids = split(ids, 0.1)
     need = train_cfg.seq_len + 1
@@ -188,9 +297,10 @@ def cmd_train(args):
                         f"(each split needs at least {need})")
     _check_training_memory(model_cfg, train_cfg, len(val_ids))  # before any model is built
     val_bpt = tok.num_bytes(val_ids) / len(val_ids)  # UTF-8 bytes per token of the validation split
+    check_run_dir_writable(out)  # before step 1, not at the first save
 
     if args.resume:
-        trainer = Trainer.resume(args.resume, train_ids, val_ids, train_cfg, out_dir=out, progress=not args.no_progress,
+        trainer = Trainer.resume(ck.path, train_ids, val_ids, train_cfg, out_dir=out, progress=not args.no_progress,
                                  val_bytes_per_token=val_bpt)
         model = trainer.model
         print(f"resuming {args.resume} at step {trainer.step} of {train_cfg.steps}")
@@ -199,6 +309,10 @@ def cmd_train(args):
         trainer = Trainer(model, train_ids, val_ids, train_cfg, tokenizer=tok, run_dir=out,
                           progress=not args.no_progress, val_bytes_per_token=val_bpt)
     n_val = (len(val_ids) - 1) // train_cfg.seq_len
+    if train_cfg.eval_max_batches is None or train_cfg.eval_max_batches * 4 * train_cfg.batch_size >= n_val:
+        windows = f"all {n_val} windows"
+    else:  # Trainer.evaluate: eval_max_batches batches of 4 * batch_size windows, from the start
+        windows = f"the first {train_cfg.eval_max_batches * 4 * train_cfg.batch_size} of {n_val} windows"
     print(f"data: {source}: {len(text):,} characters, {len(ids):,} tokens, vocabulary {tok.vocab_size}; "
           f"train {len(train_ids):,} / validation {len(val_ids):,} tokens")
     print(f"model: {model.num_params():,} parameters ({model_cfg.n_layers} layers, {model_cfg.n_heads} heads, "
@@ -212,21 +326,35 @@ def cmd_train(args):
                   not args.no_progress else sys.stdout, flush=True)
 
     trainer.callbacks.append(report)
-    t0 = time.perf_counter()
+    t0, start = time.perf_counter(), trainer.step
     try:
         history = trainer.train()
     except TrainingDiverged as exc:
         print(f"cllm: training stopped: {exc}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:
+        if exc.saved is not None:
+            print(f"cllm: interrupted at step {exc.step}; saved; resume with --resume {out}", file=sys.stderr)
+        else:
+            print(f"cllm: interrupted at step {exc.step}; nothing saved (no step completed since the last "
+                  "checkpoint)", file=sys.stderr)
+        return 130
     elapsed = time.perf_counter() - t0
+    ran = trainer.step - start  # steps this invocation took (a resumed history holds the earlier ones too)
     val = history.val_loss[-1]
-    plot_history(history, out / "loss.png", title=f"{out.name}: loss")
-    print(f"final validation loss {val:.4f} (mean over all {n_val} windows of {train_cfg.seq_len} tokens "
+    wrote = f"{out}/loss.png and "
+    try:
+        plot_history(history, out / "loss.png", title=f"{out.name}: loss")
+    except OSError as exc:
+        print(f"cllm: warning: could not write {out}/loss.png ({exc.strerror or exc}); the checkpoint is complete",
+              file=sys.stderr)
+        wrote = ""
+    print(f"final validation loss {val:.4f} (mean over {windows} of {train_cfg.seq_len} tokens "
           f"of the validation split) at step {trainer.step}; {history.val_bpb[-1]:.4f} bits per byte "
           f"({val_bpt:.3f} bytes per token)")
-    tps = np.median(history.tokens_per_s) if history.tokens_per_s else float("nan")
-    print(f"time: {elapsed:.1f} s for {len(history.step)} steps ({tps:,.0f} tokens/s median)")
-    print(f"wrote {out}/loss.png and the checkpoint {out}/latest")
+    tps = np.median(history.tokens_per_s[len(history.tokens_per_s) - ran:]) if ran else float("nan")
+    print(f"time: {elapsed:.1f} s for {ran} steps ({tps:,.0f} tokens/s median)")
+    print(f"wrote {wrote}the checkpoint {out}/latest")
     if args.sample_tokens:
         from .generate import generate
 

@@ -28,7 +28,8 @@ def _plt():
 def plot_history(history, path=None, ax=None, title="loss", label=None):
     """Training loss per step (thin) and validation loss (markers) of a :class:`cllm.train.History`.
 
-    With ``path`` the figure is written as PNG (folders created) and closed; returns the axes.
+    With ``path`` the figure is written as PNG (folders created, atomically: see :func:`write_png`)
+    and closed; returns the axes.
     """
     plt = _plt()
     own = ax is None
@@ -44,13 +45,26 @@ def plot_history(history, path=None, ax=None, title="loss", label=None):
     ax.grid(alpha=0.3)
     ax.legend()
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         ax.figure.tight_layout()
-        ax.figure.savefig(path)
-        if own:
-            plt.close(ax.figure)
+        try:
+            write_png(ax.figure, path)
+        finally:
+            if own:
+                plt.close(ax.figure)
     return ax
+
+
+def write_png(fig, path, **savefig_kwargs) -> Path:
+    """Render ``fig`` as PNG and write it to ``path`` atomically (folders created): the image is
+    rendered in memory first, so a failure (a full disk) leaves the old file or none, never half a
+    PNG."""
+    from ._atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kwargs)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 FIGURES_ENV = "CLLM_WRITE_FIGURES"  # set to 1 when re-rendering the notebooks for a commit
@@ -63,22 +77,13 @@ def save_figure(fig, path, dpi=100) -> "Path | None":
     The notebooks call this for every figure that the README and ``figures/`` show. Running them as
     tests (``python -m pytest``) therefore leaves the tracked figures as they are, while the
     re-render (``CLLM_WRITE_FIGURES=1 jupyter nbconvert --execute ...``) refreshes them. The file is
-    written to a temporary name and renamed, so an interrupted run never leaves half a PNG.
+    written atomically (:func:`write_png`), so an interrupted run never leaves half a PNG.
     """
     import os
 
     if os.environ.get(FIGURES_ENV) != "1":
         return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_png(fig, path, dpi=dpi, bbox_inches="tight")
 
 
 def figure_png(draw, figsize=(5.5, 3.6), dpi=90, margins=(0.13, 0.97, 0.14, 0.91)) -> bytes:
@@ -201,9 +206,7 @@ def plot_lattice_experiment(runs: list, summary: dict, path=None, axes=None):
     fig.suptitle("Does the lattice help? mean ± 1 std over seeds, same data order per seed")
     fig.tight_layout()
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        write_png(fig, path, dpi=100, bbox_inches="tight")
     return fig
 
 

@@ -168,7 +168,7 @@ class CharTokenizer(_Tokenizer):
     @classmethod
     def from_dict(cls, d: Mapping) -> "CharTokenizer":
         _expect_type(d, cls.kind)
-        return cls(d["vocab"])
+        return cls(d["vocab"])  # a list (checked by _expect_type) of single characters (checked here)
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
@@ -260,8 +260,10 @@ class WordTokenizer(_Tokenizer):
     @classmethod
     def from_dict(cls, d: Mapping) -> "WordTokenizer":
         _expect_type(d, cls.kind)
-        return cls(d["vocab"], min_freq=d.get("min_freq", 1), max_vocab=d.get("max_vocab"),
-                   codes=d.get("codes"))
+        codes = d.get("codes")
+        if codes is not None and not isinstance(codes, Mapping):
+            raise ValueError(f"codes must be an object mapping tokens to integers or null, got {type(codes).__name__}")
+        return cls(d["vocab"], min_freq=d.get("min_freq", 1), max_vocab=d.get("max_vocab"), codes=codes)
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size}, min_freq={self.min_freq}, max_vocab={self.max_vocab})"
@@ -275,8 +277,8 @@ def _check_fit_args(min_freq, max_vocab) -> None:
 
 
 def _expect_type(d: Mapping, kind: str) -> None:
-    if not isinstance(d, Mapping) or d.get("type") != kind or "vocab" not in d:
-        raise ValueError(f"not a {kind} tokenizer dict (expected type={kind!r} and a vocab list)")
+    if not isinstance(d, Mapping) or d.get("type") != kind or not isinstance(d.get("vocab"), (list, tuple)):
+        raise ValueError(f"not a {kind} tokenizer dict (expected type={kind!r} and a vocab: a list of token strings)")
 
 
 _KINDS = {"char": CharTokenizer, "word": WordTokenizer}  # "bpe": BPETokenizer, registered below
@@ -299,6 +301,8 @@ def load_tokenizer(path):
         raise FileNotFoundError(f"{path}: no such tokenizer file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a valid tokenizer JSON file ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a valid tokenizer JSON file (nested too deeply)") from None
     try:
         return tokenizer_from_dict(d)
     except (ValueError, TypeError, KeyError) as exc:

@@ -6,8 +6,16 @@
 
 Guards: a loss or gradient that is not finite stops training with :class:`TrainingDiverged`, whose
 message names the step, the tensor and the learning rate, after the parameters, gradients and the
-batch that produced them were written to ``run_dir/diverged/`` for inspection. The last good
-checkpoint is left in place. Nothing is skipped silently.
+batch that produced them were written to ``run_dir/diverged/`` for inspection (atomically; if the dump
+cannot be written the message says so). Parameters made non-finite by an update are caught before
+every evaluation and every save (one global norm; the tensor is named), and so is a non-finite
+validation loss: no checkpoint ever holds a NaN or an infinity, and the last good checkpoint is left
+in place. Nothing is skipped silently.
+
+One writer: ``train()`` holds ``checkpoint.RunLock(run_dir)`` while it runs. Ctrl-C (SIGINT) during
+``train()`` ends the current step, saves a checkpoint of it when a run directory was given and the
+step is not saved yet, and raises :class:`TrainingInterrupted` (a KeyboardInterrupt) saying so; a
+second Ctrl-C interrupts at once.
 
 Resuming: a checkpoint holds the parameters, the optimizer state, both random generators (batch
 sampling and dropout) and the history, so ``Trainer.resume(run_dir)`` continues the same run bit for
@@ -16,7 +24,12 @@ bit: 20 steps straight equal 10 steps, save, resume, 10 steps.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import tempfile
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,7 +46,16 @@ from .parallel import DataParallel, auto_workers
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or a gradient became NaN or infinite."""
+    """The loss, a gradient, a parameter or the validation loss became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``Trainer.train`` after a complete step. ``step``: the steps taken; ``saved``:
+    the checkpoint folder holding that step (None without a run directory or when nothing was taken)."""
+
+    def __init__(self, step: int, saved: Optional[Path]):
+        self.step, self.saved = step, saved
+        super().__init__(f"interrupted at step {step}; " + (f"saved {saved}" if saved is not None else "not saved"))
 
 
 @dataclass
@@ -58,9 +80,55 @@ class History:
     def from_dict(cls, d: dict) -> "History":
         return cls(**{k: list(v) for k, v in d.items()})
 
+    _NULLABLE = ("val_bpb",)
+
+    @classmethod
+    def validated(cls, d, where) -> "History":
+        """``from_dict`` for a dict read from a file: an object of known fields, each a list of
+        numbers (``val_bpb`` may hold null where the bytes were unknown); CheckpointError starting with
+        ``where`` otherwise."""
+        known = set(cls.__dataclass_fields__)
+        if not isinstance(d, dict):
+            raise ckpt.CheckpointError(f"{where}: history must be an object of lists, got {type(d).__name__}")
+        for k, v in d.items():
+            if k not in known:
+                raise ckpt.CheckpointError(f"{where}: history has an unknown field {k!r}")
+            nullable = k in cls._NULLABLE
+            if not isinstance(v, list) or not all(
+                    (isinstance(x, (int, float)) and not isinstance(x, bool)) or (nullable and x is None) for x in v):
+                raise ckpt.CheckpointError(f"{where}: history field {k!r} must be a list of numbers")
+        return cls.from_dict(d)
+
 
 def _global_norm(arrays) -> float:
     return math.sqrt(sum(float(np.dot(a.reshape(-1), a.reshape(-1))) for a in arrays))
+
+
+def _first_non_finite(arrays: dict) -> Optional[str]:
+    """The name of the first tensor holding a NaN or an infinity, None if all are finite. One global
+    norm first (cheap); the per-tensor scan only when that is not finite (it may overflow on large
+    finite values, so only a tensor found non-finite counts)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(_global_norm(arrays.values())):
+            return None
+    return next((k for k, a in arrays.items() if not np.all(np.isfinite(a))), None)
+
+
+def _write_dump(path: Path, arrays: dict) -> None:
+    """``np.savez`` into a temp file beside ``path``, then os.replace: never a half-written dump."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class Trainer:
@@ -103,6 +171,8 @@ class Trainer:
         self.step = 0  # optimisation steps taken
         self.history = History()
         self.stop_requested = False
+        self.saved_step = None  # the step of the newest checkpoint this trainer wrote or resumed from
+        self._interrupted = False
         self._grads = None  # gradient buffers, allocated once and reused every step
         self._accum = None
 
@@ -111,19 +181,25 @@ class Trainer:
         c = self.cfg
         return lr_at(self.step, c.lr, c.min_lr, c.warmup_steps, c.lr_decay_steps)
 
-    def _diverged(self, what: str, lr: float, x, y, grads=None):
+    def _diverged(self, what: str, lr: float, x=None, y=None, grads=None):
         where = ""
         if self.run_dir is not None:
             dump = self.run_dir / "diverged"
-            dump.mkdir(parents=True, exist_ok=True)
-            arrays = {f"param/{k}": v for k, v in self.model.params.items()}
+            arrays = {} if x is None else {"x": x, "y": y}
+            arrays.update({f"param/{k}": v for k, v in self.model.params.items()})
             if grads is not None:
                 arrays.update({f"grad/{k}": v for k, v in grads.items()})
-            np.savez(dump / f"step_{self.step:06d}.npz", x=x, y=y, **arrays)
-            where = f"; parameters, gradients and batch saved to {dump}"
-            last = ckpt.list_checkpoints(self.run_dir)
-            if last:
-                where += f"; last good checkpoint: {last[-1]}"
+            saved = "parameters, gradients and batch" if x is not None else "parameters"
+            try:
+                dump.mkdir(parents=True, exist_ok=True)
+                _write_dump(dump / f"step_{self.step:06d}.npz", arrays)
+                where = f"; {saved} saved to {dump}"
+            except OSError as exc:
+                where = f"; the dump of the {saved} could not be written to {dump} ({exc.strerror or exc})"
+            try:
+                where += f"; last good checkpoint: {ckpt.resolve_checkpoint_dir(self.run_dir)}"
+            except ckpt.CheckpointError:
+                pass  # none yet
         raise TrainingDiverged(f"step {self.step}: {what} (lr {lr:.3g}){where}")
 
     @np.errstate(over="ignore", invalid="ignore", divide="ignore")  # the guards below report non-finite values
@@ -206,8 +282,21 @@ class Trainer:
             h.ratio_step.append(info["step"])
             h.update_ratio.append(info["update_ratio"])
 
+    def check_finite(self) -> None:
+        """TrainingDiverged if a parameter is not finite (an update overflowed): run before every
+        evaluation and every save, so that no checkpoint holds a NaN or an infinity."""
+        bad = _first_non_finite(self.model.params)
+        if bad is not None:
+            lr = self.history.lr[-1] if self.history.lr else self.lr_now()
+            self._diverged(f"parameter {bad} is not finite after the update", lr)
+
     def run_eval(self) -> float:
-        val = self.evaluate()
+        self.check_finite()
+        with np.errstate(all="ignore"):
+            val = self.evaluate()
+        if not math.isfinite(val):
+            lr = self.history.lr[-1] if self.history.lr else self.lr_now()
+            self._diverged(f"validation loss is {val}", lr)
         h = self.history
         h.val_bpb.extend([None] * (len(h.val_loss) - len(h.val_bpb)))  # a run saved before val_bpb existed
         # bits per byte = (nats per token) / (bytes per token) / ln 2: comparable across tokenizers
@@ -233,8 +322,46 @@ class Trainer:
             bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                        leave=True, mininterval=0.5)
         self.stop_requested = False
+        self._interrupted = False
+        lock = ckpt.RunLock(self.run_dir) if self.run_dir is not None else nullcontext()
+        with lock, self._sigint_deferred():
+            self._loop(end, bar)
+        if self._interrupted:
+            saved = None
+            if self.run_dir is not None and self.step > 0 and self.saved_step == self.step:
+                saved = self.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(self.step)
+            raise TrainingInterrupted(self.step, saved)
+        self._emit("end", dict(step=self.step))
+        return self.history
+
+    def _sigint_deferred(self):
+        """While training runs, the first Ctrl-C only asks the loop to stop after the current step
+        (which is then saved); the handler steps aside, so a second Ctrl-C interrupts at once."""
+        trainer = self
+
+        class _Deferred:
+            def __enter__(self):
+                self.installed = threading.current_thread() is threading.main_thread()
+                if self.installed:
+                    self.previous = signal.getsignal(signal.SIGINT)
+                    if self.previous is None:  # installed outside Python: restore Python's default
+                        self.previous = signal.default_int_handler
+                    signal.signal(signal.SIGINT, self.handler)
+
+            def handler(self, signum, frame):
+                trainer._interrupted = True
+                signal.signal(signal.SIGINT, self.previous)
+
+            def __exit__(self, *exc):
+                if self.installed:
+                    signal.signal(signal.SIGINT, self.previous)
+
+        return _Deferred()
+
+    def _loop(self, end: int, bar) -> None:
+        c = self.cfg
         try:
-            while self.step < end and not self.stop_requested:
+            while self.step < end and not self.stop_requested and not self._interrupted:
                 info = self.train_step()
                 self._record(info)
                 self._emit("step", info)
@@ -249,6 +376,10 @@ class Trainer:
                     self.run_eval()
                 if self.run_dir is not None and self.step % c.checkpoint_interval == 0:
                     self.save()
+            if self._interrupted:  # keep the complete step just taken, skip the final evaluation
+                if self.run_dir is not None and self.step > 0 and self.saved_step != self.step:
+                    self.save()
+                return
             if self.val_data is not None and (not self.history.val_step or self.history.val_step[-1] != self.step):
                 self.run_eval()
             if self.run_dir is not None:
@@ -256,8 +387,6 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        self._emit("end", dict(step=self.step))
-        return self.history
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -269,9 +398,13 @@ class Trainer:
         """Write a checkpoint of the current step into ``run_dir`` (atomically)."""
         if self.run_dir is None:
             raise ValueError("this trainer has no run_dir to save into")
+        self.check_finite()  # never a checkpoint with a NaN or an infinity in it
         tok = None if self.tokenizer is None else self.tokenizer.to_dict()
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.model.params, self.optimizer.state_dict(),
-                                    self.model.cfg.to_dict(), self.cfg.to_dict(), tok, self.state())
+        with ckpt.RunLock(self.run_dir):
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model.params, self.optimizer.state_dict(),
+                                        self.model.cfg.to_dict(), self.cfg.to_dict(), tok, self.state())
+        self.saved_step = self.step
+        return path
 
     @classmethod
     def resume(cls, run_dir, train_data, val_data, cfg: Optional[TrainConfig] = None, **kwargs) -> "Trainer":
@@ -291,11 +424,22 @@ class Trainer:
         run_dir = kwargs.pop("out_dir", run_dir)
         trainer = cls(model, train_data, val_data, cfg, tokenizer=tokenizer, run_dir=run_dir, **kwargs)
         trainer.optimizer.load_state_dict(ck.opt_state)
-        st = ck.trainer_state
-        trainer.step = int(st["step"])
-        trainer.batch_rng = ckpt.generator_from_state(st["batch_rng"])
-        model.dropout_rng = ckpt.generator_from_state(st["dropout_rng"])
-        trainer.history = History.from_dict(st["history"])
+        st, where = ck.trainer_state, ck.path / "trainer.json"
+        missing = [k for k in ("step", "batch_rng", "dropout_rng", "history") if k not in st]
+        if missing:
+            raise ckpt.CheckpointError(f"{where}: the trainer state lacks {', '.join(missing)}")
+        if isinstance(st["step"], bool) or not isinstance(st["step"], int) or st["step"] != ck.step:
+            raise ckpt.CheckpointError(f"{where}: the trainer state's step {st['step']!r} disagrees with the "
+                                       f"checkpoint's step {ck.step}")
+        trainer.step = ck.step
+        try:
+            trainer.batch_rng = ckpt.generator_from_state(st["batch_rng"])
+            model.dropout_rng = ckpt.generator_from_state(st["dropout_rng"])
+        except ckpt.CheckpointError as exc:
+            raise ckpt.CheckpointError(f"{where}: {exc}") from None
+        trainer.history = History.validated(st["history"], where)
+        same_run = os.path.realpath(trainer.run_dir) == os.path.realpath(Path(ck.path).parent.parent)
+        trainer.saved_step = ck.step if same_run else None
         return trainer
 
 

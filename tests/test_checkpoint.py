@@ -293,3 +293,125 @@ def test_atomic_writes_leave_readable_files(tmp_path):
     atomic_write_text(target, "hello")
     assert target.read_text() == "hello"
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+# -- validation of what a file says (each a one-line CheckpointError naming the file) -------------------
+
+def test_step_must_be_an_integer_that_agrees_everywhere(tmp_path):
+    path = save(tmp_path, 1)
+    _rewrite(path, "trainer.json", json.dumps({"step": None, "state": {}}).encode())  # then the manifest's too
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "step": None}))
+    assert "manifest.json" in error_of(tmp_path)
+
+    path = save(tmp_path, 2)
+    trainer = json.loads((path / "trainer.json").read_text())
+    _rewrite(path, "trainer.json", json.dumps({"step": 2, "state": {**trainer["state"], "step": 7}}).encode())
+    msg = error_of(tmp_path)
+    assert "trainer.json" in msg and "7" in msg  # the trainer state's step disagrees with the manifest's
+
+
+def test_deep_nesting_is_a_one_line_error(tmp_path):
+    path = save(tmp_path, 1)
+    (path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # no checksum guards the manifest
+    msg = error_of(tmp_path)
+    assert "manifest.json" in msg and "nested" in msg
+    path = save(tmp_path, 2)
+    _rewrite(path, "trainer.json", b'{"step": 2, "state": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert "trainer.json" in error_of(tmp_path)
+
+
+def test_tokenizer_json_of_the_wrong_types(tmp_path):
+    from cllm.tokenizer import WordTokenizer
+
+    path = save(tmp_path, 1)
+    word = WordTokenizer.fit("a b a").to_dict()
+    for bad in ({**word, "codes": [1, 2]}, {**word, "vocab": "<unk>ab"}, {"type": "char", "vocab": 5},
+                {"type": "char", "vocab": "abc"}):
+        _rewrite(path, "tokenizer.json", json.dumps(bad).encode())
+        assert "tokenizer.json" in error_of(tmp_path), bad
+    with pytest.raises(ValueError, match="codes"):
+        tokenizer_from_dict({**word, "codes": [1, 2]})
+
+
+def test_random_generators_come_from_a_fixed_table(monkeypatch):
+    called = []
+    monkeypatch.setattr(np.random, "seed", lambda *a: called.append(a))
+    for name in ("seed", "default_rng", "__class__", None, 3):
+        with pytest.raises(CheckpointError, match="unknown random generator"):
+            generator_from_state({"bit_generator": name, "state": {}})
+    assert called == []  # a file never names what gets called
+    good = np.random.default_rng(0).bit_generator.state
+    for bad in ([1], {"bit_generator": "PCG64"}, {**good, "state": {"state": "x", "inc": 1}},
+                {**good, "state": {"state": -1, "inc": 1}}, {**good, "has_uint32": "yes"}):
+        with pytest.raises(CheckpointError):
+            generator_from_state(bad)
+    for name, cls in (("PCG64DXSM", np.random.PCG64DXSM), ("Philox", np.random.Philox), ("SFC64", np.random.SFC64),
+                      ("MT19937", np.random.MT19937)):
+        rng = np.random.Generator(cls(5))
+        state = json.loads(json.dumps(rng.bit_generator.state, default=lambda a: a.tolist()))  # as trainer.json
+        np.testing.assert_array_equal(generator_from_state(state).random(3), rng.random(3))
+
+
+def test_sizes_are_compared_before_a_file_is_read(tmp_path):
+    import tracemalloc
+
+    path = save(tmp_path, 1)
+    f = path / "params.npz"
+    size = f.stat().st_size
+    with open(f, "r+b") as fh:
+        fh.truncate(size + (256 << 20))  # sparse: 256 MiB more than the manifest says, nothing on disk
+    tracemalloc.start()
+    try:
+        msg = error_of(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"{size + (256 << 20)} bytes, manifest.json says {size}" in msg
+    assert peak < (16 << 20), peak  # the file was not read
+
+
+def test_save_refuses_params_that_do_not_match_the_config(tmp_path):
+    save(tmp_path, 1)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    params, opt_state = make_state(0)
+    bad = [({**params, "wte": np.zeros((11, 9), np.float32)}, opt_state, "'wte'"),
+           ({k: v for k, v in params.items() if k != "ln_f.bias"}, opt_state, "'ln_f.bias'"),
+           ({k: v.astype(np.float64) for k, v in params.items()}, opt_state, "float64"),
+           ({**params, "extra": np.zeros(2, np.float32)}, opt_state, "'extra'"),
+           (params, {**opt_state, "m_sum/wte": np.zeros((2, 2), np.float32)}, "m_sum/wte"),
+           (params, {**opt_state, "m_sum/nothing": np.zeros(2, np.float32)}, "m_sum/nothing")]
+    for p, o, needle in bad:
+        with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+            save_checkpoint(tmp_path, 2, p, o, CFG.to_dict(), None, None, {})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before  # nothing written
+    assert load_checkpoint(tmp_path).step == 1
+
+
+def test_checkpoint_folders_have_a_normal_mode(tmp_path):
+    path = save(tmp_path, 1)
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in path.iterdir())
+    path = save(tmp_path, 1)  # a re-save too
+    assert path.stat().st_mode & 0o777 == 0o755
+
+
+def test_latest_must_stay_inside_the_run(tmp_path):
+    other = tmp_path / "other"
+    save(other, 5, seed=5)
+    run = tmp_path / "run"
+    save(run, 1)
+    for name in ("../other/checkpoints/step_000005", str(other / "checkpoints" / "step_000005"),
+                 "checkpoints/../../other/checkpoints/step_000005", "checkpoints/step_000001/.."):
+        (run / "latest").write_text(name + "\n")
+        msg = error_of(run)
+        assert "latest" in msg, name
+    (run / "checkpoints" / "step_000007").symlink_to(other / "checkpoints" / "step_000005")
+    (run / "latest").write_text("checkpoints/step_000007\n")
+    assert "latest" in error_of(run)  # a symlinked checkpoint folder
+    (run / "latest").unlink()
+    (run / "latest").symlink_to(other / "latest")
+    assert "symlink" in error_of(run)
+    (run / "latest").unlink()
+    (run / "latest").write_text("checkpoints/step_000001\n")
+    assert load_checkpoint(run).step == 1

@@ -179,3 +179,102 @@ def test_trainer_rejects_bad_setup(corpus):
         Trainer(model, train[:10], val, cllm.TrainConfig(seq_len=32))
     with pytest.raises(ValueError, match="lr"):
         cllm.TrainConfig(lr=0)
+
+
+def _tiny_trainer(corpus, run_dir, **cfg):
+    tok, train, val = corpus
+    base = dict(batch_size=2, seq_len=16, steps=10, eval_interval=100, eval_max_batches=2)
+    base.update(cfg)
+    model = cllm.Model(small(tok, d_model=16, n_heads=2, d_ff=32, max_seq_len=16), seed=0)
+    return Trainer(model, train, val, cllm.TrainConfig(**base), tokenizer=tok, run_dir=run_dir, progress=False)
+
+
+@pytest.mark.parametrize("interval", [1, 500])
+def test_an_update_that_overflows_the_parameters_is_caught_before_any_save(corpus, tmp_path, interval):
+    """lr 1e39: the first update itself makes the weights infinite; the loss of step 0 was finite."""
+    trainer = _tiny_trainer(corpus, tmp_path, lr=1e39, warmup_steps=0, steps=1, checkpoint_interval=interval)
+    with pytest.raises(TrainingDiverged, match=r"step 1: parameter \S+ is not finite after the update \(lr 1e\+39\)") as err:
+        trainer.train()
+    assert cllm.checkpoint.list_checkpoints(tmp_path) == [] and not (tmp_path / "latest").exists()
+    assert "last good checkpoint" not in str(err.value)  # nothing non-finite was saved, nor named good
+    assert (tmp_path / "diverged" / "step_000001.npz").exists()
+
+
+def test_a_non_finite_validation_loss_stops_before_the_save(corpus, tmp_path, monkeypatch):
+    trainer = _tiny_trainer(corpus, tmp_path, steps=2)
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"step 2: validation loss is inf"):
+        trainer.train()
+    assert cllm.checkpoint.list_checkpoints(tmp_path) == []
+
+
+def test_a_failed_divergence_dump_keeps_the_divergence_message(corpus, tmp_path, monkeypatch):
+    import errno
+
+    trainer = _tiny_trainer(corpus, tmp_path, checkpoint_interval=3)
+    trainer.train(steps=3)
+    trainer.model.params["wte"][0, 0] = np.nan
+
+    def disk_full(file, **arrays):
+        file.write(b"PK\x03\x04 half an archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.train()
+    msg = str(err.value)
+    assert msg.startswith("step 3: loss is nan") and "could not be written" in msg and "No space left" in msg
+    assert "step_000003" in msg and "\n" not in msg
+    assert list((tmp_path / "diverged").iterdir()) == []  # no half-written dump, no temp file
+
+
+def test_ctrl_c_saves_the_current_step_and_resumes_bit_for_bit(corpus, tmp_path):
+    import os
+    import signal
+
+    from cllm.train import TrainingInterrupted
+
+    straight = _tiny_trainer(corpus, tmp_path / "a", steps=6, checkpoint_interval=100)
+    straight.train()
+
+    trainer = _tiny_trainer(corpus, tmp_path / "b", steps=6, checkpoint_interval=100)
+
+    def ctrl_c(tr, event, info):
+        if event == "step" and info["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer.callbacks.append(ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 3; saved") as err:
+        trainer.train()
+    assert isinstance(err.value, KeyboardInterrupt) and err.value.step == 3
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    assert err.value.saved == tmp_path / "b" / "checkpoints" / "step_000003"
+    assert cllm.checkpoint.load_checkpoint(tmp_path / "b").step == 3  # before any interval checkpoint
+    resumed = Trainer.resume(tmp_path / "b", corpus[1], corpus[2], progress=False)
+    resumed.train()
+    assert resumed.history.train_loss == straight.history.train_loss
+    assert all(np.array_equal(resumed.model.params[k], straight.model.params[k]) for k in straight.model.params)
+
+
+def test_resume_refuses_a_malformed_trainer_state(corpus, tmp_path):
+    import hashlib
+    import json
+
+    trainer = _tiny_trainer(corpus, tmp_path, steps=2)
+    trainer.train()
+    path = cllm.checkpoint.resolve_checkpoint_dir(tmp_path)
+    good = json.loads((path / "trainer.json").read_text())
+    st = good["state"]
+    cases = [{}, {**st, "history": [1, 2]}, {**st, "history": {"step": "12"}}, {**st, "history": {"bogus": []}},
+             {**st, "batch_rng": {**st["batch_rng"], "bit_generator": "seed"}}, {**st, "dropout_rng": [1]},
+             {**st, "batch_rng": {**st["batch_rng"], "state": {"state": "x"}}}]
+    for state in cases:
+        data = json.dumps({"step": 2, "state": state}).encode()
+        (path / "trainer.json").write_bytes(data)
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest["files"]["trainer.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(cllm.checkpoint.CheckpointError) as err:
+            Trainer.resume(tmp_path, corpus[1], corpus[2], progress=False)
+        assert "trainer.json" in str(err.value) and "\n" not in str(err.value), state
