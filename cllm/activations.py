@@ -94,6 +94,14 @@ class ActivationStore:
         return "\n".join(lines)
 
 
+class NullStore:
+    """A store that keeps nothing: the block's forward pass run where no backward pass follows
+    (generation with the KV cache, :func:`cllm.generate.forward_cached`)."""
+
+    def __setitem__(self, name, value):
+        pass
+
+
 def activation_bytes(B, T, C, H, L, V, d_ff, itemsize=4, dropout=False, lattice_attention=False) -> int:
     """Closed-form size of the activation store, in bytes, from the model's sizes.
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from . import ops
 from ._validate import check_int, check_number
-from .model import Model
+from .activations import NullStore
+from .model import Model, block_names
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -90,8 +91,9 @@ class KVCache:
 
 def forward_cached(model: Model, idx_new, cache: KVCache):
     """Logits (B, t, V) for new tokens ``idx_new`` (B, t) placed after the ``cache.length`` tokens
-    already in the cache, which is extended in place. The same layers as :meth:`Model.forward`, with
-    attention reading the cached keys and values (dropout off: this is inference)."""
+    already in the cache, which is extended in place. The same blocks as :meth:`Model.forward`
+    (:meth:`Model.block_forward`), with attention reading the cached keys and values (dropout off:
+    this is inference)."""
     cfg, P = model.cfg, model.params
     idx_new = np.asarray(idx_new)
     B, t = idx_new.shape
@@ -108,25 +110,29 @@ def forward_cached(model: Model, idx_new, cache: KVCache):
         from .lattice.model import lattice_attention_basis
         basis = lattice_attention_basis(model.buffers["lattice.angles"], model.buffers["lattice.freqs"],
                                         cache.ids[:, start:end], cache.ids[:, :end]).astype(model.dtype)  # (B, H, t, end)
-    H = cfg.n_heads
+    store = NullStore()  # inference: nothing is kept for a backward pass
     for l in range(cfg.n_layers):
-        p = f"h.{l}."
-        h = ops.layernorm_forward(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])[0]
-        qkv = ops.linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (B, t, 3C)
-        q, k, v = ops.attention.split_heads(qkv, H)  # (B, H, t, hd) each
-        cache.k[l][:, :, start:end] = k
-        cache.v[l][:, :, start:end] = v
-        bias = None if basis is None else P[p + "attn.lattice_beta"][None, :, None, None] * basis
-        y, _ = ops.attention.cached_attention_forward(q, cache.k[l][:, :, :end], cache.v[l][:, :, :end], start, bias)
-        x = x + ops.linear_forward(y, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])
-        h = ops.layernorm_forward(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])[0]
-        a = ops.activation_forward(ops.linear_forward(h, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"]),
-                                   cfg.activation)  # (B, t, F)
-        x = x + ops.linear_forward(a, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])
+        x = model.block_forward(l, x, store, _cached_attention(model, l, cache, start, end, basis))  # (B, t, C)
     h = ops.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])[0]
     head = wte if cfg.tie_weights else P["lm_head.weight"]
     cache.length = end
     return ops.linear_forward(h, head.T)  # (B, t, V)
+
+
+def _cached_attention(model: Model, l, cache: KVCache, start, end, basis):
+    """Block ``l``'s ``attend`` for generation (see :meth:`Model.block_forward`): the new positions'
+    keys and values go into the cache, and their queries attend over every cached position."""
+    n, H = block_names(l), model.cfg.n_heads
+
+    def attend(qkv):
+        q, k, v = ops.attention.split_heads(qkv, H)  # (B, H, t, hd) each
+        cache.k[l][:, :, start:end] = k
+        cache.v[l][:, :, start:end] = v
+        bias = None if basis is None else model.params[n.beta][None, :, None, None] * basis  # (B, H, t, end)
+        y, _ = ops.attention.cached_attention_forward(q, cache.k[l][:, :, :end], cache.v[l][:, :, :end], start, bias)
+        return y  # (B, t, C)
+
+    return attend
 
 
 # ---------------------------------------------------------------------------- generation

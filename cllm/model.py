@@ -11,6 +11,7 @@ and around the blocks: token + position embeddings below, a final LayerNorm and 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -20,6 +21,60 @@ from .activations import ActivationStore, check_memory, param_bytes, param_count
 from .config import ModelConfig
 
 
+class BlockNames:
+    """The names of block ``l``'s parameters and saved activations, built once per layer, so that the
+    forward pass, the backward pass, the cached generation and the parameter layout all index the same
+    strings (GPT-2's layout: ``h.{l}.ln_1.weight``, ``h.{l}.attn.c_attn.weight``, ...)."""
+
+    def __init__(self, l: int):
+        p = f"h.{l}."
+        # parameters
+        self.ln_1_w, self.ln_1_b = p + "ln_1.weight", p + "ln_1.bias"
+        self.c_attn_w, self.c_attn_b = p + "attn.c_attn.weight", p + "attn.c_attn.bias"
+        self.c_proj_w, self.c_proj_b = p + "attn.c_proj.weight", p + "attn.c_proj.bias"
+        self.beta = p + "attn.lattice_beta"
+        self.ln_2_w, self.ln_2_b = p + "ln_2.weight", p + "ln_2.bias"
+        self.fc_w, self.fc_b = p + "mlp.c_fc.weight", p + "mlp.c_fc.bias"
+        self.proj_w, self.proj_b = p + "mlp.c_proj.weight", p + "mlp.c_proj.bias"
+        # saved activations (see cllm/activations.py for what each is for)
+        self.ln_1_in, self.ln_1_mean, self.ln_1_rstd, self.ln_1_out = (p + "ln_1." + k for k in ("in", "mean", "rstd", "out"))
+        self.qkv, self.probs, self.attn_drop, self.y = (p + "attn." + k for k in ("qkv", "probs", "drop", "y"))
+        self.attn_resid_drop = p + "attn.resid_drop"
+        self.ln_2_in, self.ln_2_mean, self.ln_2_rstd, self.ln_2_out = (p + "ln_2." + k for k in ("in", "mean", "rstd", "out"))
+        self.pre, self.act, self.mlp_resid_drop = p + "mlp.pre", p + "mlp.act", p + "mlp.resid_drop"
+
+
+@functools.lru_cache(maxsize=None)
+def block_names(l: int) -> BlockNames:
+    return BlockNames(l)
+
+
+class _Gradients:
+    """Where the backward pass puts what it computes: the gradients (into the caller's preallocated
+    buffers when ``out`` is given) and, with a ``trace`` list, the gradient of every saved activation
+    in the order it was computed (for the step-through)."""
+
+    def __init__(self, trace=None, out=None):
+        self.grads = {}
+        self.out = out
+        self.record = (lambda name, grad: trace.append((name, grad))) if trace is not None else (lambda name, grad: None)
+
+    def buffer(self, name):
+        """The preallocated array to write ``name``'s gradient into, or None."""
+        return None if self.out is None else self.out.get(name)
+
+    def finish(self, order) -> dict:
+        """The gradients in the parameters' ``order``: a new dict, or ``out`` with every gradient
+        copied in that was not written there directly."""
+        g = self.grads
+        if self.out is None:
+            return {k: g[k] for k in order}
+        for k in order:
+            if g[k] is not self.out[k]:
+                np.copyto(self.out[k], g[k])
+        return self.out
+
+
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple]:
     """Names and shapes of every parameter, in the model's order (GPT-2 layout, weights (in, out))."""
     V, C, F, L = cfg.vocab_size, cfg.d_model, cfg.d_ff, cfg.n_layers
@@ -27,19 +82,13 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple]:
     if cfg.embedding == "lattice":
         shapes["lattice.proj"] = (cfg.lattice_features, C)
     for l in range(L):
-        p = f"h.{l}."
-        shapes.update({
-            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
-            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
-            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
-        })
+        n = block_names(l)
+        shapes.update({n.ln_1_w: (C,), n.ln_1_b: (C,), n.c_attn_w: (C, 3 * C), n.c_attn_b: (3 * C,),
+                       n.c_proj_w: (C, C), n.c_proj_b: (C,)})
         if cfg.attention_bias == "lattice":
-            shapes[p + "attn.lattice_beta"] = (cfg.n_heads,)
-        shapes.update({
-            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
-            p + "mlp.c_fc.weight": (C, F), p + "mlp.c_fc.bias": (F,),
-            p + "mlp.c_proj.weight": (F, C), p + "mlp.c_proj.bias": (C,),
-        })
+            shapes[n.beta] = (cfg.n_heads,)
+        shapes.update({n.ln_2_w: (C,), n.ln_2_b: (C,), n.fc_w: (C, F), n.fc_b: (F,),
+                       n.proj_w: (F, C), n.proj_b: (C,)})
     shapes["ln_f.weight"] = (C,)
     shapes["ln_f.bias"] = (C,)
     if not cfg.tie_weights:
@@ -173,31 +222,7 @@ class Model:
             acts["lattice.attn_basis"] = basis  # (B, H, T, T)
 
         for l in range(cfg.n_layers):
-            p = f"h.{l}."
-            # --- attention branch: x + drop(c_proj(attn(c_attn(ln_1(x)))))
-            acts[p + "ln_1.in"] = x
-            h, acts[p + "ln_1.mean"], acts[p + "ln_1.rstd"] = ops.layernorm_forward(
-                x, P[p + "ln_1.weight"], P[p + "ln_1.bias"])  # (B, T, C)
-            acts[p + "ln_1.out"] = h
-            a = self._attention_forward(l, h, acts, basis, p_drop, rng)  # (B, T, C)
-            a, m = ops.dropout_forward(a, p_drop, rng)
-            if m is not None:
-                acts[p + "attn.resid_drop"] = m
-            x = ops.residual_forward(x, a)  # (B, T, C)
-            # --- MLP branch: x + drop(mlp_proj(act(mlp_fc(ln_2(x)))))
-            acts[p + "ln_2.in"] = x
-            h, acts[p + "ln_2.mean"], acts[p + "ln_2.rstd"] = ops.layernorm_forward(
-                x, P[p + "ln_2.weight"], P[p + "ln_2.bias"])
-            acts[p + "ln_2.out"] = h
-            pre = ops.linear_forward(h, P[p + "mlp.c_fc.weight"], P[p + "mlp.c_fc.bias"])  # (B, T, F)
-            acts[p + "mlp.pre"] = pre
-            act = ops.activation_forward(pre, cfg.activation)  # (B, T, F)
-            acts[p + "mlp.act"] = act
-            f = ops.linear_forward(act, P[p + "mlp.c_proj.weight"], P[p + "mlp.c_proj.bias"])  # (B, T, C)
-            f, m = ops.dropout_forward(f, p_drop, rng)
-            if m is not None:
-                acts[p + "mlp.resid_drop"] = m
-            x = ops.residual_forward(x, f)
+            x = self.block_forward(l, x, acts, self._causal_attention(l, acts, basis, p_drop, rng), p_drop, rng)
 
         acts["ln_f.in"] = x
         h, acts["ln_f.mean"], acts["ln_f.rstd"] = ops.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])
@@ -215,6 +240,65 @@ class Model:
             acts.loss = loss
         return logits, loss, acts
 
+    def block_forward(self, l, x, acts, attend, p_drop=0.0, rng=None):
+        """Block ``l`` on the residual stream ``x`` (B, T, C) -> (B, T, C), the one definition of a block:
+
+            x = x + drop(c_proj(attend(c_attn(ln_1(x)))))
+            x = x + drop(mlp_proj(act(mlp_fc(ln_2(x)))))
+
+        ``attend(qkv) -> y`` (B, T, 3C) -> (B, T, C) is the attention between the two projections:
+        causal self-attention over the block's own positions in training (:meth:`forward`), or over
+        the cached keys and values in generation (:func:`cllm.generate.forward_cached`). What the
+        backward pass needs is saved into ``acts`` (generation passes a store that keeps nothing).
+        """
+        P, n = self.params, block_names(l)
+        # --- attention branch
+        acts[n.ln_1_in] = x
+        h, acts[n.ln_1_mean], acts[n.ln_1_rstd] = ops.layernorm_forward(x, P[n.ln_1_w], P[n.ln_1_b])  # (B, T, C)
+        acts[n.ln_1_out] = h
+        a = self._attention_branch(l, h, acts, attend)  # (B, T, C)
+        a, m = ops.dropout_forward(a, p_drop, rng)
+        if m is not None:
+            acts[n.attn_resid_drop] = m
+        x = ops.residual_forward(x, a)  # (B, T, C)
+        # --- MLP branch
+        acts[n.ln_2_in] = x
+        h, acts[n.ln_2_mean], acts[n.ln_2_rstd] = ops.layernorm_forward(x, P[n.ln_2_w], P[n.ln_2_b])
+        acts[n.ln_2_out] = h
+        pre = ops.linear_forward(h, P[n.fc_w], P[n.fc_b])  # (B, T, F)
+        acts[n.pre] = pre
+        act = ops.activation_forward(pre, self.cfg.activation)  # (B, T, F)
+        acts[n.act] = act
+        f = ops.linear_forward(act, P[n.proj_w], P[n.proj_b])  # (B, T, C)
+        f, m = ops.dropout_forward(f, p_drop, rng)
+        if m is not None:
+            acts[n.mlp_resid_drop] = m
+        return ops.residual_forward(x, f)  # (B, T, C)
+
+    def _attention_branch(self, l, h, acts, attend):
+        """c_proj(attend(c_attn(h))): the attention branch of block ``l`` on ln_1's output ``h``."""
+        P, n = self.params, block_names(l)
+        qkv = ops.linear_forward(h, P[n.c_attn_w], P[n.c_attn_b])  # (B, T, 3C)
+        acts[n.qkv] = qkv
+        y = attend(qkv)  # (B, T, C)
+        acts[n.y] = y
+        return ops.linear_forward(y, P[n.c_proj_w], P[n.c_proj_b])  # (B, T, C)
+
+    def _causal_attention(self, l, acts, basis, p_drop, rng):
+        """Block ``l``'s ``attend`` for training: causal multi-head attention over all T positions
+        (plus the lattice bias beta_h * basis when there is one); it saves the probabilities (and the
+        dropout mask) for the backward pass."""
+        P, n, H = self.params, block_names(l), self.cfg.n_heads
+
+        def attend(qkv):
+            bias = None if basis is None else P[n.beta][None, :, None, None] * basis  # (B, H, T, T)
+            y, acts[n.probs], m = ops.attention_forward(qkv, H, bias, p_drop, rng)  # (B, T, C)
+            if m is not None:
+                acts[n.attn_drop] = m
+            return y
+
+        return attend
+
     # ------------------------------------------------------------------ backward
     def backward(self, acts: ActivationStore, dlogits=None, trace=None, out=None, scale=1.0) -> dict:
         """Gradients of the mean cross-entropy stored in ``acts`` with respect to every parameter.
@@ -231,62 +315,26 @@ class Model:
         if not isinstance(acts, ActivationStore):
             raise ValueError(f"backward needs the ActivationStore that forward returned (logits, loss, acts = "
                              f"model.forward(idx, targets)), got {type(acts).__name__}")
-        record = trace.append if trace is not None else (lambda item: None)
-        buf = (lambda name: None) if out is None else out.get
         cfg, P = self.cfg, self.params
-        if dlogits is None:
-            if acts.targets is None:
-                raise ValueError("backward needs the targets: call forward(idx, targets) first")
-            dlogits = ops.cross_entropy_backward(acts["probs"], acts.targets)  # (B, T, V)
-            if scale != 1.0:
-                dlogits *= scale
-        elif scale != 1.0:
-            dlogits = dlogits * scale  # the caller's array is left alone
-        record(("logits", dlogits))
-        idx = acts.idx
-        grads = {}
+        sink = _Gradients(trace, out)
+        grads = sink.grads
+        dlogits = self._dlogits(acts, dlogits, scale)  # (B, T, V)
+        sink.record("logits", dlogits)
 
         wte = self.embedding_matrix()
         head = wte if cfg.tie_weights else P["lm_head.weight"]
         dh, dhead_t, _ = ops.linear_backward(dlogits, acts["ln_f.out"], head.T, has_bias=False)  # dW (C, V)
         dhead = dhead_t.T  # (V, C)
-        record(("ln_f.out", dh))
-        dx, dlnw, dlnb = ops.layernorm_backward(dh, acts["ln_f.in"], P["ln_f.weight"],
-                                                acts["ln_f.mean"], acts["ln_f.rstd"])  # (B, T, C)
-        grads["ln_f.weight"], grads["ln_f.bias"] = dlnw, dlnb
-        record(("ln_f.in", dx))
+        sink.record("ln_f.out", dh)
+        dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(
+            dh, acts["ln_f.in"], P["ln_f.weight"], acts["ln_f.mean"], acts["ln_f.rstd"])  # (B, T, C)
+        sink.record("ln_f.in", dx)
 
         for l in reversed(range(cfg.n_layers)):
-            p = f"h.{l}."
-            # --- MLP branch (x_out = x_mid + drop(f)): the sum hands dx to the stream and to the branch
-            dx_stream, dbranch = ops.residual_backward(dx)
-            df = ops.dropout_backward(dbranch, acts.get(p + "mlp.resid_drop"))
-            dact, grads[p + "mlp.c_proj.weight"], grads[p + "mlp.c_proj.bias"] = ops.linear_backward(
-                df, acts[p + "mlp.act"], P[p + "mlp.c_proj.weight"],
-                dw=buf(p + "mlp.c_proj.weight"), db=buf(p + "mlp.c_proj.bias"))  # (B, T, F)
-            record((p + "mlp.act", dact))
-            dpre = ops.activation_backward(dact, acts[p + "mlp.pre"], cfg.activation)  # (B, T, F)
-            record((p + "mlp.pre", dpre))
-            dh, grads[p + "mlp.c_fc.weight"], grads[p + "mlp.c_fc.bias"] = ops.linear_backward(
-                dpre, acts[p + "ln_2.out"], P[p + "mlp.c_fc.weight"],
-                dw=buf(p + "mlp.c_fc.weight"), db=buf(p + "mlp.c_fc.bias"))  # (B, T, C)
-            record((p + "ln_2.out", dh))
-            dxm, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = ops.layernorm_backward(
-                dh, acts[p + "ln_2.in"], P[p + "ln_2.weight"], acts[p + "ln_2.mean"], acts[p + "ln_2.rstd"])
-            dx = dx_stream + dxm  # gradient of the stream after attention
-            record((p + "ln_2.in", dx))
-            # --- attention branch (x_mid = x_in + drop(a))
-            dx_stream, dbranch = ops.residual_backward(dx)
-            da = ops.dropout_backward(dbranch, acts.get(p + "attn.resid_drop"))
-            dh = self._attention_backward(l, da, acts, grads, record, buf)  # (B, T, C)
-            record((p + "ln_1.out", dh))
-            dxi, grads[p + "ln_1.weight"], grads[p + "ln_1.bias"] = ops.layernorm_backward(
-                dh, acts[p + "ln_1.in"], P[p + "ln_1.weight"], acts[p + "ln_1.mean"], acts[p + "ln_1.rstd"])
-            dx = dx_stream + dxi  # gradient of the stream entering block l
-            record((p + "ln_1.in", dx))
+            dx = self._block_backward(l, dx, acts, sink)  # gradient of the stream entering block l
 
         demb = ops.dropout_backward(dx, acts.get("emb.drop"))  # (B, T, C)
-        dwte = ops.embedding_backward(demb, idx, cfg.vocab_size)  # (V, C)
+        dwte = ops.embedding_backward(demb, acts.idx, cfg.vocab_size)  # (V, C)
         if cfg.tie_weights:
             dwte += dhead  # the head and the lookup share one matrix
         else:
@@ -302,48 +350,71 @@ class Model:
                 dwte, self.buffers["lattice.features"])
         else:
             grads["wte"] = dwte
-        if out is None:
-            return {k: grads[k] for k in P}  # same order as the parameters
-        for k in P:  # the small tensors (and any computed elsewhere) are copied into the buffers
-            if grads[k] is not out[k]:
-                np.copyto(out[k], grads[k])
-        return out
+        return sink.finish(P)
 
-    # ------------------------------------------------------------------ the attention branch
-    def _attention_forward(self, l, h, acts, basis, p_drop, rng):
-        """c_proj(attention(c_attn(h))) for block ``l``; ``h`` (B, T, C) is ln_1's output."""
-        P, p, H = self.params, f"h.{l}.", self.cfg.n_heads
-        qkv = ops.linear_forward(h, P[p + "attn.c_attn.weight"], P[p + "attn.c_attn.bias"])  # (B, T, 3C)
-        acts[p + "attn.qkv"] = qkv
-        bias = None
-        if basis is not None:
-            bias = P[p + "attn.lattice_beta"][None, :, None, None] * basis  # (B, H, T, T)
-        y, acts[p + "attn.probs"], m = ops.attention_forward(qkv, H, bias, p_drop, rng)  # (B, T, C)
-        if m is not None:
-            acts[p + "attn.drop"] = m
-        acts[p + "attn.y"] = y
-        return ops.linear_forward(y, P[p + "attn.c_proj.weight"], P[p + "attn.c_proj.bias"])  # (B, T, C)
+    @staticmethod
+    def _dlogits(acts, dlogits, scale):
+        """The gradient at the logits (B, T, V): softmax minus one-hot over the targets (or the
+        caller's ``dlogits``), times ``scale``."""
+        if dlogits is None:
+            if acts.targets is None:
+                raise ValueError("backward needs the targets: call forward(idx, targets) first")
+            dlogits = ops.cross_entropy_backward(acts["probs"], acts.targets)  # (B, T, V)
+            if scale != 1.0:
+                dlogits *= scale
+        elif scale != 1.0:
+            dlogits = dlogits * scale  # the caller's array is left alone
+        return dlogits
 
-    def _attention_backward(self, l, da, acts, grads, record=lambda item: None, buf=lambda name: None):
-        """Backward of :meth:`_attention_forward`: fills block ``l``'s attention gradients, returns dh.
-        ``buf(name)`` gives a preallocated gradient array to write into, or None."""
-        P, p, H = self.params, f"h.{l}.", self.cfg.n_heads
-        dy, grads[p + "attn.c_proj.weight"], grads[p + "attn.c_proj.bias"] = ops.linear_backward(
-            da, acts[p + "attn.y"], P[p + "attn.c_proj.weight"],
-            dw=buf(p + "attn.c_proj.weight"), db=buf(p + "attn.c_proj.bias"))  # (B, T, C)
-        record((p + "attn.y", dy))
+    def _block_backward(self, l, dx, acts, sink):
+        """Backward of :meth:`block_forward` for block ``l``: ``dx`` (B, T, C) is the gradient of the
+        stream leaving the block; fills the block's parameter gradients and returns the gradient of
+        the stream entering it."""
+        P, n, grads, buf = self.params, block_names(l), sink.grads, sink.buffer
+        # --- MLP branch (x_out = x_mid + drop(f)): the sum hands dx to the stream and to the branch
+        dx_stream, dbranch = ops.residual_backward(dx)
+        df = ops.dropout_backward(dbranch, acts.get(n.mlp_resid_drop))
+        dact, grads[n.proj_w], grads[n.proj_b] = ops.linear_backward(
+            df, acts[n.act], P[n.proj_w], dw=buf(n.proj_w), db=buf(n.proj_b))  # (B, T, F)
+        sink.record(n.act, dact)
+        dpre = ops.activation_backward(dact, acts[n.pre], self.cfg.activation)  # (B, T, F)
+        sink.record(n.pre, dpre)
+        dh, grads[n.fc_w], grads[n.fc_b] = ops.linear_backward(
+            dpre, acts[n.ln_2_out], P[n.fc_w], dw=buf(n.fc_w), db=buf(n.fc_b))  # (B, T, C)
+        sink.record(n.ln_2_out, dh)
+        dxm, grads[n.ln_2_w], grads[n.ln_2_b] = ops.layernorm_backward(
+            dh, acts[n.ln_2_in], P[n.ln_2_w], acts[n.ln_2_mean], acts[n.ln_2_rstd])
+        dx = dx_stream + dxm  # gradient of the stream after attention
+        sink.record(n.ln_2_in, dx)
+        # --- attention branch (x_mid = x_in + drop(a))
+        dx_stream, dbranch = ops.residual_backward(dx)
+        da = ops.dropout_backward(dbranch, acts.get(n.attn_resid_drop))
+        dh = self._attention_branch_backward(l, da, acts, sink)  # (B, T, C)
+        sink.record(n.ln_1_out, dh)
+        dxi, grads[n.ln_1_w], grads[n.ln_1_b] = ops.layernorm_backward(
+            dh, acts[n.ln_1_in], P[n.ln_1_w], acts[n.ln_1_mean], acts[n.ln_1_rstd])
+        dx = dx_stream + dxi  # gradient of the stream entering block l
+        sink.record(n.ln_1_in, dx)
+        return dx
+
+    def _attention_branch_backward(self, l, da, acts, sink):
+        """Backward of :meth:`_attention_branch`: fills block ``l``'s attention gradients from ``da``
+        (B, T, C), the gradient of the branch's output, and returns the gradient of ``h``."""
+        P, n, grads, buf = self.params, block_names(l), sink.grads, sink.buffer
+        dy, grads[n.c_proj_w], grads[n.c_proj_b] = ops.linear_backward(
+            da, acts[n.y], P[n.c_proj_w], dw=buf(n.c_proj_w), db=buf(n.c_proj_b))  # (B, T, C)
+        sink.record(n.y, dy)
         want_scores = self.cfg.attention_bias == "lattice"
-        out = ops.attention_backward(dy, acts[p + "attn.qkv"], acts[p + "attn.probs"], H,
-                                     acts.get(p + "attn.drop"), return_dscores=want_scores)
+        res = ops.attention_backward(dy, acts[n.qkv], acts[n.probs], self.cfg.n_heads,
+                                     acts.get(n.attn_drop), return_dscores=want_scores)
         if want_scores:
-            dqkv, dscores = out  # dscores (B, H, T, T) is also the gradient of the additive bias
-            grads[p + "attn.lattice_beta"] = np.einsum("bhij,bhij->h", dscores, acts["lattice.attn_basis"])  # (H,)
+            dqkv, dscores = res  # dscores (B, H, T, T) is also the gradient of the additive bias
+            grads[n.beta] = np.einsum("bhij,bhij->h", dscores, acts["lattice.attn_basis"])  # (H,)
         else:
-            dqkv = out  # (B, T, 3C)
-        record((p + "attn.qkv", dqkv))
-        dh, grads[p + "attn.c_attn.weight"], grads[p + "attn.c_attn.bias"] = ops.linear_backward(
-            dqkv, acts[p + "ln_1.out"], P[p + "attn.c_attn.weight"],
-            dw=buf(p + "attn.c_attn.weight"), db=buf(p + "attn.c_attn.bias"))  # (B, T, C)
+            dqkv = res  # (B, T, 3C)
+        sink.record(n.qkv, dqkv)
+        dh, grads[n.c_attn_w], grads[n.c_attn_b] = ops.linear_backward(
+            dqkv, acts[n.ln_1_out], P[n.c_attn_w], dw=buf(n.c_attn_w), db=buf(n.c_attn_b))  # (B, T, C)
         return dh
 
     # ------------------------------------------------------------------ convenience

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import Model
+from ..model import Model, block_names
 
 
 # ---------------------------------------------------------------------------- 1. the wrong backward
@@ -77,13 +77,13 @@ class DoubledInputAttentionModel(Model):
     exist but receive zero gradients.
     """
 
-    def _attention_forward(self, l, h, acts, basis, p_drop, rng):
+    def _attention_branch(self, l, h, acts, attend):
         return 2.0 * h  # (B, T, C): no queries, no keys, no probabilities
 
-    def _attention_backward(self, l, da, acts, grads, record=lambda item: None, buf=lambda name: None):
-        p = f"h.{l}."
-        for name in ("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias"):
-            grads[p + name] = np.zeros_like(self.params[p + name])
+    def _attention_branch_backward(self, l, da, acts, sink):
+        n = block_names(l)
+        for name in (n.c_attn_w, n.c_attn_b, n.c_proj_w, n.c_proj_b):
+            sink.grads[name] = np.zeros_like(self.params[name])
         return 2.0 * da
 
 
