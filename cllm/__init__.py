@@ -24,6 +24,7 @@ _EXPORTS = {
     "gradcheck": "cllm.gradcheck",  # the module itself, callable as the function (see gradcheck.py)
     "CharTokenizer": "cllm.tokenizer",
     "WordTokenizer": "cllm.tokenizer",
+    "load_pretrained": "cllm.interop",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
