@@ -80,7 +80,7 @@ _ST_DTYPES = {
     "F8_E4M3": (1, None), "F8_E5M2": (1, None),
 }
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_BUFFERS = ("attn.bias", "attn.masked_bias")  # the Hub file's causal-mask buffers: not parameters
+_BUFFER = re.compile(r"^(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)$")  # the Hub file's causal-mask buffers
 _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
 
 
@@ -464,8 +464,7 @@ def _plan(d: Path, hf: Mapping, cfg: ModelConfig, tensors: Mapping) -> dict:
     plan = {}
     for key, (dtype, shape, _, _) in tensors.items():
         name = _cllm_name(key)
-        bare = key[len("transformer."):] if key.startswith("transformer.") else key
-        if bare.startswith("h.") and bare.endswith(_BUFFERS):
+        if _BUFFER.match(key):
             continue  # causal-mask buffers of the original GPT-2 file
         if name == "lm_head.weight" and cfg.tie_weights:
             continue  # a tied head is the token embedding (transformers ignores a stored copy too)

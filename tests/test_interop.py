@@ -40,12 +40,12 @@ def hf_modules():
     return torch, transformers
 
 
-def train_tiny(run_dir, kind="char", dtype="float64", tie=True, activation="gelu", steps=25, **model_kw):
+def train_tiny(run_dir, kind="char", dtype="float64", tie=True, activation="gelu", steps=200, **model_kw):
     tok = CharTokenizer.fit(TEXT) if kind == "char" else WordTokenizer.fit(TEXT)
     ids = tok.encode(TEXT)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=40, max_seq_len=64,
                       dtype=dtype, tie_weights=tie, activation=activation, **model_kw)
-    tc = TrainConfig(batch_size=4, seq_len=32, steps=steps, lr=3e-3, warmup_steps=2, lr_decay_steps=steps,
+    tc = TrainConfig(batch_size=8, seq_len=32, steps=steps, lr=1e-2, warmup_steps=2, lr_decay_steps=steps,
                      eval_interval=1000, checkpoint_interval=1000, workers=1)
     n = len(ids) * 9 // 10
     trainer = Trainer(Model(cfg, seed=3), ids[:n], ids[n:], tc, tokenizer=tok, run_dir=run_dir, progress=False)
