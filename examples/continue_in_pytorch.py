@@ -19,7 +19,7 @@ address; every process here
 4. steps AdamW; DDP averages the gradients across ranks during ``backward``.
 
 Rank 0 prints the loss of each step (the mean over all ranks' rows: the same number cllm's
-``Model.loss`` gives on the global batch), writes ``--log`` (JSON: the losses and the first global
+``Model.loss`` gives on the global batch), writes ``--log-json`` (JSON: the losses and the first global
 batch), and at the end saves the model with ``save_pretrained`` into ``--out`` with the export's
 tokenizer files beside it, which ``cllm import`` reads back.
 
@@ -54,7 +54,7 @@ def parse_args():
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
-    p.add_argument("--log", default=None, help="rank 0 writes the losses and the first global batch here (JSON)")
+    p.add_argument("--log-json", default=None, help="rank 0 writes the losses and the first global batch here (JSON)")
     p.add_argument("--out", default=None, help="save_pretrained folder for the trained model (rank 0)")
     return p.parse_args()
 
@@ -107,8 +107,8 @@ def main():
         if rank == 0:
             print(f"step {step + 1:>5}/{args.steps}: loss {mean:.4f}", flush=True)
     if rank == 0:
-        if args.log:
-            Path(args.log).write_text(json.dumps({"world_size": world, "losses": losses, "first_batch": first}))
+        if args.log_json:
+            Path(args.log_json).write_text(json.dumps({"world_size": world, "losses": losses, "first_batch": first}))
         if args.out:
             model.save_pretrained(args.out)
             for name in TOKENIZER_FILES:
