@@ -310,19 +310,41 @@ def model_config_from_hf(hf: Mapping, path, dtype: str) -> ModelConfig:
 # ---------------------------------------------------------------------------------------------------
 # memory
 
+def _cgroup_headroom() -> Optional[int]:
+    """Bytes left under this process's cgroup memory limit (v2 or v1), or None when there is none."""
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            text = Path(limit).read_text().strip()
+            if text == "max" or int(text) >= 1 << 60:
+                return None
+            return max(0, int(text) - int(Path(usage).read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def available_memory() -> Optional[int]:
-    """Bytes of memory available to a new allocation (MemAvailable, else physical memory; None: unknown)."""
+    """Bytes of memory a new allocation can have: MemAvailable (else physical memory), or less when a
+    cgroup limit leaves less; None when unknown."""
+    have = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if have is None:
+        try:
+            have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            have = None
+    room = _cgroup_headroom()
+    if room is not None:
+        have = room if have is None else min(have, room)
+    return have
 
 
 def estimate_bytes(cfg: ModelConfig, optimizer_moments: int = 0) -> int:
