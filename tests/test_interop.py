@@ -590,3 +590,32 @@ def test_continue_in_pytorch_under_torchrun(tmp_path):
     assert (tmp_path / "trained" / "model.safetensors").exists()
     back, _ = cllm.load_pretrained(tmp_path / "trained")  # and back into cllm
     assert back.loss(x, y) < ours
+
+
+# --------------------------------------------------------------------------------------------- GPT-2 124M
+HUB_GPT2_CONFIG = {  # openai-community/gpt2's config.json (no n_inner, no tie_word_embeddings: the defaults)
+    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1,
+    "bos_token_id": 50256, "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12,
+    "n_positions": 1024, "resid_pdrop": 0.1, "summary_activation": None, "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True, "summary_type": "cls_index", "summary_use_proj": True,
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}}, "vocab_size": 50257}
+
+
+def test_the_hub_gpt2_config_is_the_bench_model():
+    from cllm.lab.bench_gpt2 import GPT2_124M
+    from cllm.model import param_shapes
+
+    cfg = interop.model_config_from_hf(HUB_GPT2_CONFIG, "config.json", "float32")
+    assert cfg == GPT2_124M and cfg.d_ff == 3072 and cfg.tie_weights
+    assert sum(np.prod(s) for s in param_shapes(cfg).values()) == 124_439_808  # GPT-2 small, tied head
+    assert interop.estimate_bytes(cfg, optimizer_moments=2) < 2.5 * 2**30
+
+
+def test_export_without_safetensors_says_how_to_install_it(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)  # import fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    out = tmp_path / "hf"
+    assert_user_error(capsys, ["export", str(runs["char"][0]), "--format", "hf", "--out", str(out)],
+                      "pip install safetensors")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
