@@ -26,6 +26,15 @@ read: ``pytorch_model.bin`` is refused. Tensors are then read with numpy (F32, F
 Writing: with ``safetensors.numpy`` (the optional ``safetensors`` package; torch is not needed), into
 a temporary folder that is renamed into place, so an export is complete or absent.
 
+The real GPT-2 (124M): fetch four files of openai-community/gpt2 into one folder, e.g.
+
+    hf download openai-community/gpt2 config.json model.safetensors vocab.json merges.txt --local-dir gpt2
+    # or: for f in config.json model.safetensors vocab.json merges.txt; do
+    #       curl -LO https://huggingface.co/openai-community/gpt2/resolve/main/$f; done
+
+then ``model, tok = cllm.load_pretrained("gpt2")`` and ``cllm.generate.generate(model, tok.encode(...), n)``
+run it in numpy (the bare-name Hub file, float32, about 0.5 GB; the tokenizer through cllm's BPE).
+
 Tokenizers: a character or word tokenizer becomes a ``tokenizer.json`` in the Hugging Face
 ``tokenizers`` format (a WordLevel model over cllm's vocabulary with a Split pre-tokenizer that cuts
 the text as cllm does, and a Fuse decoder); a byte-level BPE tokenizer becomes GPT-2's
