@@ -542,7 +542,7 @@ def test_bpe_seam_calls_the_tokenizer_interface(tmp_path, monkeypatch):
 
 
 @needs_bpe
-def test_bpe_export_gives_autotokenizer_ids(tmp_path):  # pragma: no cover - runs once BPE lands
+def test_bpe_export_gives_autotokenizer_ids(tmp_path):  # runs once cllm.tokenizer has BPETokenizer
     hf_modules()
     from transformers import AutoTokenizer
 
