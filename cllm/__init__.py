@@ -25,6 +25,7 @@ _EXPORTS = {
     "CharTokenizer": "cllm.tokenizer",
     "WordTokenizer": "cllm.tokenizer",
     "BPETokenizer": "cllm.tokenizer",
+    "load_pretrained": "cllm.interop",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,4 +1,4 @@
-"""The command line: ``python -m cllm train | generate | gradcheck | bench | experiment``.
+"""The command line: ``python -m cllm train | generate | gradcheck | bench | experiment | export | import``.
 
 Every user mistake (a missing file, a bad flag value, a prompt outside the vocabulary, an unreadable
 checkpoint) prints one line to stderr and exits with status 2, before anything is written.
@@ -444,6 +444,23 @@ def cmd_experiment(args):
     return run_experiment(args.name, seeds=args.seeds, steps=args.steps, out=args.out)
 
 
+# ---------------------------------------------------------------------------------------------- export, import
+def cmd_export(args):
+    from .interop import export_run
+
+    out = export_run(args.run_dir, args.out, force=args.force)
+    print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    return 0
+
+
+def cmd_import(args):
+    from .interop import import_run
+
+    ckpt = import_run(args.directory, args.out, dtype=args.dtype)
+    print(f"wrote the run {args.out} ({ckpt.name}); continue with: python -m cllm train --resume {args.out}")
+    return 0
+
+
 def build_parser():
     p = _Parser(prog="cllm", description="A small GPT-style language model in numpy.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -480,6 +497,19 @@ def build_parser():
     e.add_argument("--steps", type=_positive_int, default=None)
     e.add_argument("--out", default="figures")
     e.set_defaults(func=cmd_experiment)
+    x = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 folder (config.json, model.safetensors, "
+                                      "tokenizer)")
+    x.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a checkpoint directory")
+    x.add_argument("--format", choices=["hf"], required=True)
+    x.add_argument("--out", required=True, metavar="DIR")
+    x.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
+    x.set_defaults(func=cmd_export)
+    i = sub.add_parser("import", help="turn a GPT-2 checkpoint folder (config.json, model.safetensors, tokenizer) "
+                                      "into a run directory")
+    i.add_argument("directory", metavar="DIR")
+    i.add_argument("--out", required=True, metavar="RUN_DIR")
+    i.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: the file's")
+    i.set_defaults(func=cmd_import)
     return p
 
 

@@ -201,6 +201,16 @@ def loading_bytes(model_cfg, optimizer="adamw") -> int:
     return p + max(p, 2 * _STATE_COPIES.get(optimizer, 2) * p)
 
 
+def import_bytes(model_cfg, optimizer_moments: int = 0) -> int:
+    """Estimated peak bytes of building ``model_cfg``'s model from a Hugging Face file
+    (:mod:`cllm.interop`): the parameters, ``optimizer_moments`` more parameter-sized buffers (AdamW's
+    two for an imported run), and the largest tensor three times over in float64 (its random
+    initialisation, the bytes read from the file, the cast)."""
+    c = model_cfg
+    largest = max(c.vocab_size, c.max_seq_len, 3 * c.d_model, c.d_ff) * c.d_model
+    return param_bytes_plain(c) * (1 + optimizer_moments) + 3 * 8 * largest
+
+
 def generation_bytes(model_cfg, batch_size=1) -> int:
     """Estimated bytes of generating with ``model_cfg``: a model's parameters (built in float64, one
     tensor at a time, then cast), the key/value cache (2 L B S C) and the largest prefill temporaries
