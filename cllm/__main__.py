@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -51,7 +52,9 @@ def _float(text):
 
 # ---------------------------------------------------------------------------------------------- train
 def _add_train_args(p):
-    from .config import ModelConfig, TrainConfig
+    from .config import (ACTIVATIONS, ATTENTION_BIASES, DTYPES, EMBEDDINGS, INITS, OPTIMIZERS, ModelConfig,
+                         TrainConfig)
+    from .tokenizer import TOKENIZER_KINDS
 
     m, t = ModelConfig(), TrainConfig()
     g = p.add_argument_group("model")
@@ -59,18 +62,18 @@ def _add_train_args(p):
     g.add_argument("--n-layers", type=_positive_int, default=m.n_layers)
     g.add_argument("--n-heads", type=_positive_int, default=m.n_heads)
     g.add_argument("--d-ff", type=_positive_int, default=m.d_ff)
-    g.add_argument("--activation", choices=["gelu", "tanh"], default=m.activation)
-    g.add_argument("--init", choices=["gpt2", "xavier", "he"], default=m.init)
+    g.add_argument("--activation", choices=ACTIVATIONS, default=m.activation)
+    g.add_argument("--init", choices=INITS, default=m.init)
     g.add_argument("--dropout", type=_float, default=m.dropout)
     g.add_argument("--untied", action="store_true", help="a separate output head instead of the token embedding")
-    g.add_argument("--embedding", choices=["learned", "lattice"], default=m.embedding)
-    g.add_argument("--attention-bias", choices=["none", "lattice"], default=m.attention_bias)
-    g.add_argument("--dtype", choices=["float32", "float64"], default=m.dtype)
+    g.add_argument("--embedding", choices=EMBEDDINGS, default=m.embedding)
+    g.add_argument("--attention-bias", choices=ATTENTION_BIASES, default=m.attention_bias)
+    g.add_argument("--dtype", choices=DTYPES, default=m.dtype)
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=_positive_int, default=t.steps)
     g.add_argument("--seq-len", type=_positive_int, default=t.seq_len, help="context length (block size)")
     g.add_argument("--batch-size", type=_positive_int, default=t.batch_size)
-    g.add_argument("--optimizer", choices=["adamw", "sgd", "momentum"], default=t.optimizer)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=t.optimizer)
     g.add_argument("--lr", type=_float, default=t.lr)
     g.add_argument("--min-lr", type=_float, default=t.min_lr)
     g.add_argument("--warmup-steps", type=_nonneg_int, default=t.warmup_steps)
@@ -90,7 +93,7 @@ def _add_train_args(p):
     g.add_argument("--seed", type=_nonneg_int, default=t.seed)
     g = p.add_argument_group("data and output")
     g.add_argument("--data", default=None, help="a UTF-8 text file or a folder of .txt files (default: built-in corpus)")
-    g.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char")
+    g.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default="char")
     g.add_argument("--vocab-size", type=_positive_int, default=None,
                    help=f"--tokenizer bpe: tokens in the vocabulary, learned on the training split "
                         f"(default {_BPE_VOCAB})")
@@ -220,76 +223,101 @@ def cmd_train(args):
         return _train(args, held)
 
 
-def _train(args, held):
-    import numpy as np
+@dataclass
+class _RunPlan:
+    """What a training invocation will do, settled before anything is written: where (``out``, locked),
+    with which tokenizer and token ids, which configurations, and the checkpoint it resumes (or None)."""
 
-    from .checkpoint import RunLock, check_run_dir_writable, load_checkpoint, run_dir_is_empty
+    out: Path
+    tok: object
+    ids: object
+    model_cfg: object
+    train_cfg: object
+    resumed: object = None  # the Checkpoint being continued
+
+
+def _plan_resume(args, given, text, held) -> _RunPlan:
+    """``--resume``: the run directory to continue in, the checkpoint, and the settings that may change."""
+    from .checkpoint import RunLock, load_checkpoint, run_dir_is_empty
+    from .config import ModelConfig, TrainConfig
+    from .tokenizer import tokenizer_from_dict
+
+    run_dir, newest = _resume_run_dir(Path(args.resume))
+    if args.out:
+        out = Path(args.out)
+    elif run_dir is None:
+        raise UserError(f"{args.resume}: a checkpoint folder outside a run directory; pass --out for the resumed run")
+    elif not newest:
+        raise UserError(f"{args.resume}: not the newest checkpoint of {run_dir}; pass --out to continue it "
+                        "as a new run (or --resume the run directory)")
+    else:
+        out = run_dir
+    same_run = run_dir is not None and os.path.realpath(out) == os.path.realpath(run_dir)
+    _check_out(out)
+    held.enter_context(RunLock(out))  # before anything is read or written: one writer per run
+    if not same_run and not run_dir_is_empty(out):
+        raise UserError(f"{out}: already exists and is not empty, and is not the run being resumed; "
+                        "choose an empty or new --out")
+    ck = load_checkpoint(args.resume)
+    if ck.train_cfg is None or ck.tokenizer is None:
+        raise UserError(f"{args.resume}: the checkpoint has no {'training configuration' if ck.tokenizer else 'tokenizer'}; "
+                        "it cannot be resumed")
+    _check_resume_flags(args, given, ck)
+    tok = tokenizer_from_dict(ck.tokenizer)
+    # how the run proceeds, not what it computes: these may change; the rest stays the checkpoint's
+    overrides = {"steps": max(args.steps if "steps" in given else ck.train_cfg["steps"], ck.step)}
+    for dest, name in (("workers", "workers"), ("eval_interval", "eval_interval"),
+                       ("eval_batches", "eval_max_batches"), ("checkpoint_interval", "checkpoint_interval")):
+        if dest in given:
+            overrides[name] = getattr(args, dest)
+    return _RunPlan(out, tok, tok.encode(text), ModelConfig.from_dict(ck.model_cfg),
+                    TrainConfig.from_dict({**ck.train_cfg, **overrides}), resumed=ck)
+
+
+def _plan_new_run(args, text, held) -> _RunPlan:
+    """A new run: the tokenizer fitted to the text, the configurations from the flags, an empty --out."""
+    from .checkpoint import RunLock, run_dir_is_empty
     from .config import ModelConfig, TrainConfig
     from .data import split
+
+    tok = _fit_tokenizer(args, text)
+    ids = tok.encode(text)
+    codes = None
+    if args.embedding == "lattice" or args.attention_bias == "lattice":
+        from .lattice.model import tokenizer_codes
+        codes = tokenizer_codes(tok, split(ids, 0.1)[0])  # primes by training-split frequency
+    model_cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
+                            n_heads=args.n_heads, d_ff=args.d_ff, max_seq_len=args.seq_len, dtype=args.dtype,
+                            activation=args.activation, tie_weights=not args.untied, dropout=args.dropout,
+                            init=args.init, embedding=args.embedding, attention_bias=args.attention_bias,
+                            lattice_codes=codes)
+    train_cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
+                            optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr,
+                            warmup_steps=args.warmup_steps, lr_decay_steps=args.lr_decay_steps or args.steps,
+                            beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay,
+                            momentum=args.momentum, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
+                            eval_interval=args.eval_interval, eval_max_batches=args.eval_batches,
+                            checkpoint_interval=args.checkpoint_interval, seed=args.seed, workers=args.workers)
+    out = Path(args.out) if args.out else Path("runs") / f"{args.tokenizer}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_out(out)
+    held.enter_context(RunLock(out))  # before the emptiness check: two runs cannot both pass it
+    if not run_dir_is_empty(out):
+        raise UserError(f"{out}: already exists and is not empty; pass --resume {out} or choose another --out")
+    return _RunPlan(out, tok, ids, model_cfg, train_cfg)
+
+
+def _train(args, held):
+    """Plan (new run or resume), check everything, then train, report and sample."""
+    from .checkpoint import check_run_dir_writable
+    from .data import split
     from .model import Model
-    from .tokenizer import CharTokenizer, WordTokenizer, tokenizer_from_dict
-    from .plots import plot_history
-    from .train import Trainer, TrainingDiverged, TrainingInterrupted
+    from .train import Trainer
 
     # ---- everything is checked before anything is written
     given = _given_train_flags(args)
     text, source = _load_corpus(args)
-    if args.resume:
-        run_dir, newest = _resume_run_dir(Path(args.resume))
-        if args.out:
-            out = Path(args.out)
-        elif run_dir is None:
-            raise UserError(f"{args.resume}: a checkpoint folder outside a run directory; pass --out for the resumed run")
-        elif not newest:
-            raise UserError(f"{args.resume}: not the newest checkpoint of {run_dir}; pass --out to continue it "
-                            "as a new run (or --resume the run directory)")
-        else:
-            out = run_dir
-        same_run = run_dir is not None and os.path.realpath(out) == os.path.realpath(run_dir)
-        _check_out(out)
-        held.enter_context(RunLock(out))  # before anything is read or written: one writer per run
-        if not same_run and not run_dir_is_empty(out):
-            raise UserError(f"{out}: already exists and is not empty, and is not the run being resumed; "
-                            "choose an empty or new --out")
-        ck = load_checkpoint(args.resume)
-        if ck.train_cfg is None or ck.tokenizer is None:
-            raise UserError(f"{args.resume}: the checkpoint has no {'training configuration' if ck.tokenizer else 'tokenizer'}; "
-                            "it cannot be resumed")
-        _check_resume_flags(args, given, ck)
-        tok = tokenizer_from_dict(ck.tokenizer)
-        ids = tok.encode(text)
-        model_cfg = ModelConfig.from_dict(ck.model_cfg)
-        # how the run proceeds, not what it computes: these may change; the rest stays the checkpoint's
-        overrides = {"steps": max(args.steps if "steps" in given else ck.train_cfg["steps"], ck.step)}
-        for dest, name in (("workers", "workers"), ("eval_interval", "eval_interval"),
-                           ("eval_batches", "eval_max_batches"), ("checkpoint_interval", "checkpoint_interval")):
-            if dest in given:
-                overrides[name] = getattr(args, dest)
-        train_cfg = TrainConfig.from_dict({**ck.train_cfg, **overrides})
-    else:
-        tok = _fit_tokenizer(args, text)
-        ids = tok.encode(text)
-        codes = None
-        if args.embedding == "lattice" or args.attention_bias == "lattice":
-            from .lattice.model import tokenizer_codes
-            codes = tokenizer_codes(tok, split(ids, 0.1)[0])  # primes by training-split frequency
-        model_cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
-                                n_heads=args.n_heads, d_ff=args.d_ff, max_seq_len=args.seq_len, dtype=args.dtype,
-                                activation=args.activation, tie_weights=not args.untied, dropout=args.dropout,
-                                init=args.init, embedding=args.embedding, attention_bias=args.attention_bias,
-                                lattice_codes=codes)
-        train_cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
-                                optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr,
-                                warmup_steps=args.warmup_steps, lr_decay_steps=args.lr_decay_steps or args.steps,
-                                beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay,
-                                momentum=args.momentum, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
-                                eval_interval=args.eval_interval, eval_max_batches=args.eval_batches,
-                                checkpoint_interval=args.checkpoint_interval, seed=args.seed, workers=args.workers)
-        out = Path(args.out) if args.out else Path("runs") / f"{args.tokenizer}-{time.strftime('%Y%m%d-%H%M%S')}"
-        _check_out(out)
-        held.enter_context(RunLock(out))  # before the emptiness check: two runs cannot both pass it
-        if not run_dir_is_empty(out):
-            raise UserError(f"{out}: already exists and is not empty; pass --resume {out} or choose another --out")
+    plan = _plan_resume(args, given, text, held) if args.resume else _plan_new_run(args, text, held)
+    out, tok, ids, model_cfg, train_cfg = plan.out, plan.tok, plan.ids, plan.model_cfg, plan.train_cfg
     train_ids, val_ids = split(ids, 0.1)
     need = train_cfg.seq_len + 1
     if len(train_ids) < need or len(val_ids) < need:
@@ -299,25 +327,35 @@ def _train(args, held):
     val_bpt = tok.num_bytes(val_ids) / len(val_ids)  # UTF-8 bytes per token of the validation split
     check_run_dir_writable(out)  # before step 1, not at the first save
 
-    if args.resume:
-        trainer = Trainer.resume(ck.path, train_ids, val_ids, train_cfg, out_dir=out, progress=not args.no_progress,
-                                 val_bytes_per_token=val_bpt)
-        model = trainer.model
+    if plan.resumed is not None:
+        trainer = Trainer.resume(plan.resumed.path, train_ids, val_ids, train_cfg, out_dir=out,
+                                 progress=not args.no_progress, val_bytes_per_token=val_bpt)
         print(f"resuming {args.resume} at step {trainer.step} of {train_cfg.steps}")
     else:
-        model = Model(model_cfg, seed=args.seed)
-        trainer = Trainer(model, train_ids, val_ids, train_cfg, tokenizer=tok, run_dir=out,
-                          progress=not args.no_progress, val_bytes_per_token=val_bpt)
+        trainer = Trainer(Model(model_cfg, seed=args.seed), train_ids, val_ids, train_cfg, tokenizer=tok,
+                          run_dir=out, progress=not args.no_progress, val_bytes_per_token=val_bpt)
+    print(f"data: {source}: {len(text):,} characters, {len(ids):,} tokens, vocabulary {tok.vocab_size}; "
+          f"train {len(train_ids):,} / validation {len(val_ids):,} tokens")
+    print(f"model: {trainer.model.num_params():,} parameters ({model_cfg.n_layers} layers, {model_cfg.n_heads} "
+          f"heads, d_model {model_cfg.d_model}, d_ff {model_cfg.d_ff}, context {model_cfg.max_seq_len}, "
+          f"{model_cfg.dtype})")
+    print(f"run directory: {out}")
+    return _run_and_report(args, trainer, plan, val_ids, val_bpt)
+
+
+def _run_and_report(args, trainer, plan, val_ids, val_bpt) -> int:
+    """Train; then the loss plot, the final line (validation loss, bits per byte), the time, a sample."""
+    import numpy as np
+
+    from .plots import plot_history
+    from .train import TrainingDiverged, TrainingInterrupted
+
+    out, tok, train_cfg = plan.out, plan.tok, plan.train_cfg
     n_val = (len(val_ids) - 1) // train_cfg.seq_len
     if train_cfg.eval_max_batches is None or train_cfg.eval_max_batches * 4 * train_cfg.batch_size >= n_val:
         windows = f"all {n_val} windows"
     else:  # Trainer.evaluate: eval_max_batches batches of 4 * batch_size windows, from the start
         windows = f"the first {train_cfg.eval_max_batches * 4 * train_cfg.batch_size} of {n_val} windows"
-    print(f"data: {source}: {len(text):,} characters, {len(ids):,} tokens, vocabulary {tok.vocab_size}; "
-          f"train {len(train_ids):,} / validation {len(val_ids):,} tokens")
-    print(f"model: {model.num_params():,} parameters ({model_cfg.n_layers} layers, {model_cfg.n_heads} heads, "
-          f"d_model {model_cfg.d_model}, d_ff {model_cfg.d_ff}, context {model_cfg.max_seq_len}, {model_cfg.dtype})")
-    print(f"run directory: {out}")
 
     def report(trainer, event, info):
         if event == "eval":
@@ -358,8 +396,8 @@ def _train(args, held):
     if args.sample_tokens:
         from .generate import generate
 
-        prompt = ids[:1]  # the corpus's first token: always in the vocabulary
-        sample = generate(model, prompt, args.sample_tokens, temperature=0.8, top_k=None, seed=args.seed)
+        prompt = plan.ids[:1]  # the corpus's first token: always in the vocabulary
+        sample = generate(trainer.model, prompt, args.sample_tokens, temperature=0.8, top_k=None, seed=args.seed)
         print("sample:\n" + tok.decode(sample[0]))
     return 0
 
@@ -462,6 +500,8 @@ def cmd_import(args):
 
 
 def build_parser():
+    from .config import ACTIVATIONS, ATTENTION_BIASES, DTYPES, EMBEDDINGS, PRESETS
+
     p = _Parser(prog="cllm", description="A small GPT-style language model in numpy.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a model (default: character level on the built-in corpus)")
@@ -478,17 +518,17 @@ def build_parser():
     g.add_argument("--seed", type=_nonneg_int, default=0)
     g.set_defaults(func=cmd_generate)
     c = sub.add_parser("gradcheck", help="check every gradient of a small float64 model by finite differences")
-    c.add_argument("--activation", choices=["gelu", "tanh"], default="gelu")
+    c.add_argument("--activation", choices=ACTIVATIONS, default="gelu")
     c.add_argument("--untied", action="store_true")
     c.add_argument("--dropout", type=_float, default=0.0)
-    c.add_argument("--embedding", choices=["learned", "lattice"], default="learned")
-    c.add_argument("--attention-bias", choices=["none", "lattice"], default="none")
+    c.add_argument("--embedding", choices=EMBEDDINGS, default="learned")
+    c.add_argument("--attention-bias", choices=ATTENTION_BIASES, default="none")
     c.add_argument("--max-entries", type=_positive_int, default=None, help="check a random subset per tensor")
     c.add_argument("--seed", type=_nonneg_int, default=0)
     c.set_defaults(func=cmd_gradcheck)
     b = sub.add_parser("bench", help="time training steps against the machine's matmul peak")
     b.add_argument("--repeats", type=_positive_int, default=20)
-    b.add_argument("--configs", nargs="+", choices=["seed", "small"], default=["seed", "small"])
+    b.add_argument("--configs", nargs="+", choices=sorted(PRESETS), default=["seed", "small"])
     b.add_argument("--compare", choices=["torch"], default=None, help="also time the PyTorch reference")
     b.set_defaults(func=cmd_bench)
     e = sub.add_parser("experiment", help="run a measured experiment (lattice: do prime embeddings help?)")
@@ -508,7 +548,7 @@ def build_parser():
                                       "into a run directory")
     i.add_argument("directory", metavar="DIR")
     i.add_argument("--out", required=True, metavar="RUN_DIR")
-    i.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: the file's")
+    i.add_argument("--dtype", choices=DTYPES, default=None, help="default: the file's")
     i.set_defaults(func=cmd_import)
     return p
 

@@ -21,16 +21,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix:
-    a temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
+def atomic_write(path, write) -> None:
+    """Write ``path`` so that readers see the old file or the new one, never a mix: ``write(f)``
+    fills a temp file in the same folder (opened "wb"), which is fsync'ed and renamed over ``path``
+    (``os.replace``), then the folder is fsync'ed. On any error the temp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); give it a normal data file's mode
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,6 +42,11 @@ def atomic_write_bytes(path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """:func:`atomic_write` of ``data``."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -907,3 +907,4 @@ def _read_text(path: Path) -> str:
 
 
 _KINDS["bpe"] = BPETokenizer
+TOKENIZER_KINDS = tuple(_KINDS)  # "char", "word", "bpe": the kinds a checkpoint and `train --tokenizer` name

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -37,6 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import checkpoint as ckpt
+from ._atomic import atomic_write
 from .allocator import tune_allocator
 from .config import ModelConfig, TrainConfig
 from .data import eval_batches, get_batch
@@ -115,20 +115,8 @@ def _first_non_finite(arrays: dict) -> Optional[str]:
 
 
 def _write_dump(path: Path, arrays: dict) -> None:
-    """``np.savez`` into a temp file beside ``path``, then os.replace: never a half-written dump."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """``np.savez`` written atomically: never a half-written dump."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 class Trainer:

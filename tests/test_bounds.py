@@ -20,24 +20,12 @@ from cllm.checkpoint import load_checkpoint, save_checkpoint
 from cllm.config import ModelConfig, TrainConfig
 from cllm.generate import generate, sample_next
 from cllm.model import Model, param_shapes
+from conftest import TINY_ARGS, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--seq-len", "16",
-        "--batch-size", "4", "--eval-interval", "3", "--no-progress", "--sample-tokens", "0"]
+TINY = TINY_ARGS + ["--sample-tokens", "0"]
 GiB = 1 << 30
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "tiny.txt"
-    path.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
-    return path
-
-
-def run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def one_line_error(code, out, err, needle):

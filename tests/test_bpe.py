@@ -14,6 +14,7 @@ import pytest
 
 from cllm.data import builtin_corpus, split
 from cllm.tokenizer import (ENDOFTEXT, BPETokenizer, bytes_to_unicode, load_tokenizer, tokenizer_from_dict)
+from conftest import TINY_ARGS
 
 VOCAB = 2000  # the reference vocabulary size (the benchmark's too)
 
@@ -483,12 +484,11 @@ def test_bad_checkpoint_dicts(ours):
 
 # -- command line and bits per byte ----------------------------------------------------------------
 
-TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--seq-len", "16",
-        "--batch-size", "4", "--eval-interval", "3", "--no-progress", "--sample-tokens", "20"]
+TINY = TINY_ARGS + ["--sample-tokens", "20"]
 
 
 @pytest.fixture
-def text_file(tmp_path):
+def text_file(tmp_path):  # beyond ASCII, so that bytes and characters differ
     path = tmp_path / "tiny.txt"
     path.write_text("the quick brown fox jumps over the lazy dog; naïve café 東京. " * 60, encoding="utf-8")
     return path

@@ -5,32 +5,11 @@ import sys
 import numpy as np
 import pytest
 
-from cllm.__main__ import main
+from cllm.__main__ import main  # noqa: F401
+from conftest import TINY_ARGS, assert_user_error, run_cli
 
-TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--seq-len", "16",
-        "--batch-size", "4", "--eval-interval", "3", "--no-progress", "--sample-tokens", "20"]
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "tiny.txt"
-    path.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
-    return path
-
-
-def run(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(capsys, argv, needle):
-    code, out, err = run(capsys, argv)
-    assert code == 2, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cllm: error:"), err
-    assert needle in lines[0], lines[0]
-    assert "Traceback" not in err + out
+TINY = TINY_ARGS + ["--sample-tokens", "20"]
+run = run_cli
 
 
 def test_train_resume_generate(capsys, tmp_path, text_file):

@@ -21,6 +21,7 @@ from cllm.config import ModelConfig, TrainConfig
 from cllm.model import Model
 from cllm.tokenizer import BPETokenizer, CharTokenizer, WordTokenizer
 from cllm.train import Trainer
+from conftest import assert_user_error, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("The quick brown fox jumps over the lazy dog, 42 times! Über-naïve café_au_lait\tends.\n" * 30)
@@ -68,21 +69,6 @@ def as_dtype(model, dtype):
     m = Model(dataclasses.replace(model.cfg, dtype=dtype), seed=0)
     m.load_params({k: v.astype(dtype) for k, v in model.params.items()})
     return m
-
-
-def run_cli(capsys, argv):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(capsys, argv, needle):
-    code, out, err = run_cli(capsys, argv)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("cllm: error:"), (code, out, err)
-    assert needle in lines[0], lines[0]
-    assert "Traceback" not in out + err
-    return lines[0]
 
 
 def st_read(path):
