@@ -62,6 +62,7 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
+from ._validate import is_int
 from ._atomic import _fsync_dir, atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 from .config import ModelConfig, TrainConfig
 
@@ -443,10 +444,10 @@ def save_checkpoint(run_dir, step: int, params: Mapping[str, np.ndarray], opt_st
     Single writer per run directory (see ``RunLock``): leftover temporary folders of crashed saves are
     deleted.
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+    if not is_int(step) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
     step = int(step)
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+    if keep is not None and (not is_int(keep) or keep < 1):
         raise ValueError(f"keep must be None or a positive integer, got {keep!r}")
     params = _check_arrays("params", params)
     opt_state = _check_arrays("opt_state", opt_state)
@@ -639,7 +640,7 @@ def _load_dir(ckpt: Path, opened: dict) -> Checkpoint:
         raise CheckpointError(f"{mpath}: format version {manifest.get('version')!r}, this code reads {VERSION}")
     files = manifest["files"]
     step = manifest.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if not is_int(step) or step < 0:
         raise CheckpointError(f"{mpath}: step must be a non-negative integer, got {step!r}")
     _open_all(ckpt, files, opened)
 

@@ -55,6 +55,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from ._validate import is_int
 from .config import ModelConfig, TrainConfig
 from .ops.layernorm import LN_EPS
 
@@ -269,7 +270,7 @@ def hf_config(cfg: ModelConfig, bos=None, eos=None) -> dict:
 
 def _int_field(hf, key, path, default=None):
     value = hf.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise InteropError(f"{path}: {key} must be a positive integer, got {value!r}")
     return value
 
@@ -362,7 +363,7 @@ def read_safetensors_header(path) -> tuple:
         if dtype not in _ST_DTYPES:
             raise InteropError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
         ints = [begin, end] + shape
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints):
+        if any(not is_int(v) or v < 0 for v in ints):
             raise InteropError(f"{path}: tensor {name!r} has a negative or non-integer shape or offset")
         nbytes = math.prod(shape) * _ST_DTYPES[dtype][0]
         if end - begin != nbytes:

@@ -40,6 +40,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 
 from ._atomic import atomic_write_text
+from ._validate import is_int
 
 UNK = "<unk>"
 
@@ -213,7 +214,7 @@ class WordTokenizer(_Tokenizer):
         if codes is not None:
             self.codes = {}
             for tok, code in codes.items():
-                if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or code <= 0:
+                if not is_int(code) or code <= 0:
                     raise ValueError(f"code for {tok!r} must be a positive integer, got {code!r}")
                 self.codes[str(tok)] = int(code)
         self._index = _UnkIndex((t, i) for i, t in enumerate(vocab))
@@ -270,9 +271,9 @@ class WordTokenizer(_Tokenizer):
 
 
 def _check_fit_args(min_freq, max_vocab) -> None:
-    if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
+    if not is_int(min_freq) or min_freq < 1:
         raise ValueError(f"min_freq must be a positive integer, got {min_freq!r}")
-    if max_vocab is not None and (isinstance(max_vocab, bool) or not isinstance(max_vocab, int) or max_vocab < 2):
+    if max_vocab is not None and (not is_int(max_vocab) or max_vocab < 2):
         raise ValueError(f"max_vocab must be None or an integer >= 2 (<unk> plus one token), got {max_vocab!r}")
 
 
@@ -500,7 +501,7 @@ class BPETokenizer(_Tokenizer):
         for tok, i in vocab.items():
             if not isinstance(tok, str) or not tok:
                 raise ValueError(f"{vwhere(tok)} token {tok!r} is not a non-empty string")
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
+            if not is_int(i) or i < 0:
                 raise ValueError(f"{vwhere(tok)} id of {tok!r} must be a non-negative integer, got {i!r}")
             i = int(i)
             if i in by_id:
@@ -783,10 +784,10 @@ class BPETokenizer(_Tokenizer):
         for s in specials:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"special_tokens: each is a non-empty string, got {s!r}")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 256 + len(specials):
+        if not is_int(vocab_size) or vocab_size < 256 + len(specials):
             raise ValueError(f"vocab_size must be an integer >= {256 + len(specials)} (256 bytes + "
                              f"{len(specials)} special tokens), got {vocab_size!r}")
-        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        if not is_int(min_frequency) or min_frequency < 1:
             raise ValueError(f"min_frequency must be a positive integer, got {min_frequency!r}")
 
         # base tokens: the 256 byte characters in code-point order (= GPT-2's vocab.json ids 0..255)

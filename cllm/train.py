@@ -35,6 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ._validate import is_int
 from . import checkpoint as ckpt
 from ._atomic import atomic_write
 from .allocator import tune_allocator
@@ -416,7 +417,7 @@ class Trainer:
         missing = [k for k in ("step", "batch_rng", "dropout_rng", "history") if k not in st]
         if missing:
             raise ckpt.CheckpointError(f"{where}: the trainer state lacks {', '.join(missing)}")
-        if isinstance(st["step"], bool) or not isinstance(st["step"], int) or st["step"] != ck.step:
+        if not is_int(st["step"]) or st["step"] != ck.step:
             raise ckpt.CheckpointError(f"{where}: the trainer state's step {st['step']!r} disagrees with the "
                                        f"checkpoint's step {ck.step}")
         trainer.step = ck.step

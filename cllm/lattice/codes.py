@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validate import check_int_array
+from .._validate import check_int_array, is_int
 from .primes import first_primes
 
 # English suffix classes (all lower case, matched case-sensitively on the word as given).
@@ -144,7 +144,7 @@ def _word_counts(words: list, counts) -> dict[str, int]:
         out = {}
         for w in words:
             c = counts.get(w, 0)
-            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
+            if not is_int(c) or c < 0:
                 raise ValueError(f"counts must be non-negative integers, got {c!r} for {w!r}")
             out[w] = int(c)
         return out
@@ -153,7 +153,7 @@ def _word_counts(words: list, counts) -> dict[str, int]:
         raise ValueError(f"counts must have one entry per word ({len(words)}), got {len(counts)}")
     out: dict[str, int] = {}
     for w, c in zip(words, counts):
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
+        if not is_int(c) or c < 0:
             raise ValueError(f"counts must be non-negative integers, got {c!r} for {w!r}")
         out[w] = out.get(w, 0) + int(c)
     return out

@@ -21,6 +21,8 @@ from numbers import Integral, Rational, Real
 
 import numpy as np
 
+from .._validate import is_int
+
 _INT64_MAX = 2**63 - 1
 
 
@@ -209,7 +211,7 @@ def integer_relation(x, precision=10):
     """
     from decimal import Decimal
 
-    if isinstance(precision, bool) or not isinstance(precision, Integral) or not 1 <= precision <= 300:
+    if not is_int(precision) or not 1 <= precision <= 300:
         raise ValueError(f"precision must be an integer in [1, 300], got {precision!r}")
     xs = list(np.asarray(x, dtype=object).ravel()) if not isinstance(x, (list, tuple)) else list(x)
     if len(xs) < 2:
