@@ -49,7 +49,7 @@ def _float(text):
 
 # ---------------------------------------------------------------------------------------------- train
 def _add_train_args(p):
-    from .config import ModelConfig, TrainConfig
+    from .config import ACTIVATIONS, ModelConfig, TrainConfig
 
     m, t = ModelConfig(), TrainConfig()
     g = p.add_argument_group("model")
@@ -57,7 +57,7 @@ def _add_train_args(p):
     g.add_argument("--n-layers", type=_positive_int, default=m.n_layers)
     g.add_argument("--n-heads", type=_positive_int, default=m.n_heads)
     g.add_argument("--d-ff", type=_positive_int, default=m.d_ff)
-    g.add_argument("--activation", choices=["gelu", "tanh"], default=m.activation)
+    g.add_argument("--activation", choices=list(ACTIVATIONS), default=m.activation)
     g.add_argument("--init", choices=["gpt2", "xavier", "he"], default=m.init)
     g.add_argument("--dropout", type=_float, default=m.dropout)
     g.add_argument("--untied", action="store_true", help="a separate output head instead of the token embedding")
@@ -265,12 +265,18 @@ def cmd_bench(args):
 
 
 def cmd_experiment(args):
+    if args.name == "grokking":
+        from .lab.grokking import run_experiment as run_grokking
+
+        return run_grokking(seeds=args.seeds, steps=args.steps, out=args.out)
     from .lab.lattice_experiment import run_experiment
 
     return run_experiment(args.name, seeds=args.seeds, steps=args.steps, out=args.out)
 
 
 def build_parser():
+    from .config import ACTIVATIONS
+
     p = _Parser(prog="cllm", description="A small GPT-style language model in numpy.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a model (default: character level on the built-in corpus)")
@@ -287,7 +293,7 @@ def build_parser():
     g.add_argument("--seed", type=_nonneg_int, default=0)
     g.set_defaults(func=cmd_generate)
     c = sub.add_parser("gradcheck", help="check every gradient of a small float64 model by finite differences")
-    c.add_argument("--activation", choices=["gelu", "tanh"], default="gelu")
+    c.add_argument("--activation", choices=list(ACTIVATIONS), default="gelu")
     c.add_argument("--untied", action="store_true")
     c.add_argument("--dropout", type=_float, default=0.0)
     c.add_argument("--embedding", choices=["learned", "lattice"], default="learned")
@@ -300,8 +306,9 @@ def build_parser():
     b.add_argument("--configs", nargs="+", choices=["seed", "small"], default=["seed", "small"])
     b.add_argument("--compare", choices=["torch"], default=None, help="also time the PyTorch reference")
     b.set_defaults(func=cmd_bench)
-    e = sub.add_parser("experiment", help="run a measured experiment (lattice: do prime embeddings help?)")
-    e.add_argument("name", choices=["lattice"])
+    e = sub.add_parser("experiment", help="run a measured experiment (lattice: do prime embeddings help? "
+                                          "grokking: do clock embeddings help modular addition?)")
+    e.add_argument("name", choices=["lattice", "grokking"])
     e.add_argument("--seeds", type=_positive_int, default=5)
     e.add_argument("--steps", type=_positive_int, default=None)
     e.add_argument("--out", default="figures")

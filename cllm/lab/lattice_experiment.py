@@ -140,11 +140,12 @@ def run_one(level: Level, variant: str, seed: int, steps: int, model: Optional[d
     mkw.update(VARIANTS[variant])
     if mkw["embedding"] == "lattice" or mkw["attention_bias"] == "lattice":
         mkw["lattice_codes"] = level.codes
-    net = Model(ModelConfig(**mkw), seed=seed)
-    if variant == CONTROL:
-        F = net.buffers["lattice.features"]
-        G = np.random.default_rng([seed, 4]).standard_normal(F.shape)   # (V, k)
-        net.buffers["lattice.features"] = (G / np.sqrt(np.mean(G * G, axis=0))).astype(F.dtype)
+    mcfg = ModelConfig(**mkw)
+    features = None
+    if variant == CONTROL:                                               # F: random instead of prime features
+        from ..lattice.features import random_features
+        features = random_features((mcfg.vocab_size, mcfg.lattice_features), np.random.default_rng([seed, 4]))
+    net = Model(mcfg, seed=seed, features=features)
     subset = level.val[: eval_windows * tcfg.seq_len + 1]                # the first eval_windows windows
     digest = hashlib.sha256(level.train.tobytes())
 
