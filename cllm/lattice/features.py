@@ -28,6 +28,11 @@ codes). The super-linear frequencies matter: evenly spaced frequencies of a log 
 dependent where the points crowd together, and lost rank beyond ``k`` of about 60.
 The original embedding zeroed every row ``t = 3, 9 (mod 12)`` and had rank 60 for ``10000 x 512``; this map
 has neither defect.
+
+Clocks of residues (for modular arithmetic, :mod:`cllm.lab.grokking`): :func:`fourier_features` gives
+``cos, sin (2 pi k v / m)`` for every frequency k (orthogonal, rank m - 1 over the m residues),
+:func:`crt_clock_features` one such clock per prime power of m, :func:`random_features` the random
+control of a given shape.
 """
 from __future__ import annotations
 
