@@ -78,7 +78,8 @@ class Model:
         """``features``: with ``cfg.embedding == "lattice"``, a fixed (V, lattice_features) matrix to use as
         F in E = F W + R instead of the prime features of the tokens' codes (clock features, a random
         control, ...). It is kept in ``buffers["lattice.features"]``; the initial parameters do not
-        depend on it."""
+        depend on it. Such an F is not part of the config, so a checkpoint could not restore it: the
+        trainer refuses to checkpoint a model built with one (``features_given``)."""
         if not isinstance(cfg, ModelConfig):
             raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         self.cfg = cfg
@@ -105,6 +106,7 @@ class Model:
                 raise ValueError(f"features must be a finite float array of shape {want} (vocab_size, "
                                  f"lattice_features), got {F.dtype} {F.shape}")
             self.buffers["lattice.features"] = np.ascontiguousarray(F, dtype=self.dtype)  # (V, k)
+        self.features_given = features is not None
 
     # ------------------------------------------------------------------ bookkeeping
     def num_params(self) -> int:

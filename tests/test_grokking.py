@@ -18,6 +18,7 @@ from cllm.lab.modular import (IGNORE_INDEX, OPS, accuracy, encode, fourier_spect
 from cllm.lattice.features import (crt_clock_features, fourier_features, fourier_frequencies, prime_power_factors,
                                    random_features)
 from cllm.parallel import DataParallel
+from cllm.train import Trainer
 
 PY = {"add": lambda a, b, m: (a + b) % m, "sub": lambda a, b, m: (a - b) % m, "mul": lambda a, b, m: (a * b) % m,
       "div": lambda a, b, m: next(c for c in range(m) if (c * b) % m == a)}
@@ -202,6 +203,11 @@ def test_model_takes_a_fixed_feature_matrix():
         np.testing.assert_array_equal(model.params[k], plain.params[k])
     P = model.params
     np.testing.assert_allclose(model.embedding_matrix(), F.astype(np.float32) @ P["lattice.proj"] + P["wte"], rtol=1e-6)
+    assert model.features_given and not plain.features_given
+    ids = np.tile(np.arange(8), 4)
+    with pytest.raises(ValueError, match="checkpoint cannot restore"):   # its F would be lost on resume
+        Trainer(model, ids, ids, cllm.TrainConfig(seq_len=3, batch_size=2), run_dir="never-written")
+    Trainer(model, ids, ids, cllm.TrainConfig(seq_len=3, batch_size=2), progress=False)  # no run_dir: fine
     with pytest.raises(ValueError, match="shape"):
         cllm.Model(cfg, seed=0, features=F[:, :5])
     with pytest.raises(ValueError, match="embedding='lattice'"):
