@@ -477,6 +477,10 @@ def cmd_bench(args):
 
 
 def cmd_experiment(args):
+    if args.name == "grokking":
+        from .lab.grokking import run_experiment as run_grokking
+
+        return run_grokking(seeds=args.seeds, steps=args.steps, out=args.out)
     from .lab.lattice_experiment import run_experiment
 
     return run_experiment(args.name, seeds=args.seeds, steps=args.steps, out=args.out)
@@ -531,8 +535,9 @@ def build_parser():
     b.add_argument("--configs", nargs="+", choices=sorted(PRESETS), default=["seed", "small"])
     b.add_argument("--compare", choices=["torch"], default=None, help="also time the PyTorch reference")
     b.set_defaults(func=cmd_bench)
-    e = sub.add_parser("experiment", help="run a measured experiment (lattice: do prime embeddings help?)")
-    e.add_argument("name", choices=["lattice"])
+    e = sub.add_parser("experiment", help="run a measured experiment (lattice: do prime embeddings help? "
+                                          "grokking: do clock embeddings help modular addition?)")
+    e.add_argument("name", choices=["lattice", "grokking"])
     e.add_argument("--seeds", type=_positive_int, default=5)
     e.add_argument("--steps", type=_positive_int, default=None)
     e.add_argument("--out", default="figures")

@@ -123,7 +123,12 @@ class Model:
     dict with the same keys, shapes and dtype, so an optimiser is one loop over names.
     """
 
-    def __init__(self, cfg: ModelConfig, seed: int = 0):
+    def __init__(self, cfg: ModelConfig, seed: int = 0, features=None):
+        """``features``: with ``cfg.embedding == "lattice"``, a fixed (V, lattice_features) matrix to use as
+        F in E = F W + R instead of the prime features of the tokens' codes (clock features, a random
+        control, ...). It is kept in ``buffers["lattice.features"]``; the initial parameters do not
+        depend on it. Such an F is not part of the config, so a checkpoint could not restore it: the
+        trainer refuses to checkpoint a model built with one (``features_given``)."""
         if not isinstance(cfg, ModelConfig):
             raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         check_memory(param_bytes(cfg), f"a model of {param_count(cfg):,} parameters")  # before building any
@@ -142,6 +147,16 @@ class Model:
             self.buffers.update(lattice_buffers(cfg))
             if cfg.embedding == "lattice":
                 init_lattice_params(self.params, cfg, np.random.default_rng([seed, 3]))
+        if features is not None:
+            if cfg.embedding != "lattice":
+                raise ValueError(f"features are the F of embedding='lattice'; this config has embedding={cfg.embedding!r}")
+            F = np.asarray(features)
+            want = (cfg.vocab_size, cfg.lattice_features)
+            if F.shape != want or not np.issubdtype(F.dtype, np.floating) or not np.all(np.isfinite(F)):
+                raise ValueError(f"features must be a finite float array of shape {want} (vocab_size, "
+                                 f"lattice_features), got {F.dtype} {F.shape}")
+            self.buffers["lattice.features"] = np.ascontiguousarray(F, dtype=self.dtype)  # (V, k)
+        self.features_given = features is not None
 
     # ------------------------------------------------------------------ bookkeeping
     def num_params(self) -> int:
@@ -165,7 +180,7 @@ class Model:
     def zeros_like_params(self) -> dict:
         return {k: np.zeros_like(v) for k, v in self.params.items()}
 
-    def _check_ids(self, name, ids):
+    def _check_ids(self, name, ids, ignore=False):
         ids = np.asarray(ids)
         if ids.ndim == 1:
             ids = ids[None, :]
@@ -175,7 +190,8 @@ class Model:
             raise ValueError(f"{name}: sequence length {ids.shape[1]} exceeds max_seq_len={self.cfg.max_seq_len}")
         if ids.shape[1] == 0 or ids.shape[0] == 0:
             raise ValueError(f"{name} must have at least one row and one position, got shape {ids.shape}")
-        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+        low = ids.min() if not ignore else ids[ids != ops.IGNORE_INDEX].min(initial=0)
+        if low < 0 or ids.max() >= self.cfg.vocab_size:
             raise ValueError(f"{name}: token ids must lie in [0, {self.cfg.vocab_size - 1}] (vocab_size), "
                              f"got min {ids.min()} and max {ids.max()}")
         return ids
@@ -195,11 +211,13 @@ class Model:
         Returns (logits (B, T, V), loss or None, acts). ``acts`` is the :class:`ActivationStore` the
         backward pass reads. Dropout (``cfg.dropout > 0``) is active only when ``train`` is true; its
         masks come from ``rng`` (or the model's own generator), so a fixed ``rng`` fixes the masks.
+        A target equal to ``ops.IGNORE_INDEX`` (-1) is left out of the mean loss and gets no gradient
+        (e.g. every position but the answer's in a task that is scored at one position).
         """
         cfg, P = self.cfg, self.params
         idx = self._check_ids("idx", idx)
         if targets is not None:
-            targets = self._check_ids("targets", targets)
+            targets = self._check_ids("targets", targets, ignore=True)  # IGNORE_INDEX: not in the loss
             if targets.shape != idx.shape:
                 raise ValueError(f"targets shape {targets.shape} must equal idx shape {idx.shape}")
         B, T = idx.shape
@@ -232,7 +250,7 @@ class Model:
         acts["logits"] = logits
         loss = None
         if targets is not None:
-            loss, acts["probs"] = ops.cross_entropy_forward(logits, targets)
+            loss, acts["probs"] = ops.cross_entropy_forward(logits, targets, ops.IGNORE_INDEX)
             if cfg.lattice_reg > 0:  # one objective: what is reported is what is differentiated
                 from .lattice.model import gcd_regulariser
                 reg, _ = gcd_regulariser(wte, self.buffers["lattice.laplacian"], cfg.lattice_reg)
@@ -359,7 +377,7 @@ class Model:
         if dlogits is None:
             if acts.targets is None:
                 raise ValueError("backward needs the targets: call forward(idx, targets) first")
-            dlogits = ops.cross_entropy_backward(acts["probs"], acts.targets)  # (B, T, V)
+            dlogits = ops.cross_entropy_backward(acts["probs"], acts.targets, ops.IGNORE_INDEX)  # (B, T, V)
             if scale != 1.0:
                 dlogits *= scale
         elif scale != 1.0:

@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 
 from ._validate import check_int
-
+from .ops.cross_entropy import IGNORE_INDEX
 from .optim import DEFAULT_CHUNK, _chunks
 
 # ---------------------------------------------------------------------------------------- BLAS threads
@@ -168,7 +168,10 @@ class DataParallel:
             return self.model.forward(idx[s], targets[s], train=train, rng=rngs[i])
 
         outs = self._map(run, list(range(len(parts))))
-        weights = [(s.stop - s.start) / rows for s in parts]
+        # the batch's mean is over its scored targets (IGNORE_INDEX ones left out): weight shares by those
+        counted = [int(np.count_nonzero(targets[s] != IGNORE_INDEX)) for s in parts]
+        total = sum(counted)
+        weights = [c / total for c in counted] if total else [(s.stop - s.start) / rows for s in parts]
         loss = float(sum(w * o[1] for w, o in zip(weights, outs)))
         return loss, [(o[2], w) for o, w in zip(outs, weights)]
 

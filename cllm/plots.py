@@ -168,16 +168,22 @@ def plot_heatmap_2d(ax, a2, title, rows="", cols="", signed=False, cmap=None, co
     return im
 
 
-# ------------------------------------------------------------------------------- the lattice experiment
+# ------------------------------------------------------------------------------- the experiments
+def _panels(plt, n: int, axes=None):
+    """``axes`` if given, else a row of ``n`` new panels (one per level or modulus)."""
+    if axes is None:
+        axes = plt.subplots(1, n, figsize=(6.2 * n, 4.2), dpi=100, squeeze=False)[1][0]
+    return axes
+
+
+
 def plot_lattice_experiment(runs: list, summary: dict, path=None, axes=None):
     """Validation (subset) loss against step: mean line and +-1 std band per variant, one panel per
     level, the level's threshold dashed (see :mod:`cllm.lab.lattice_experiment`). Saved as PNG when
     ``path`` is given. Returns the figure."""
     plt = _plt()
     levels = list(summary)
-    if axes is None:
-        fig, axes = plt.subplots(1, len(levels), figsize=(6.2 * len(levels), 4.2), dpi=100, squeeze=False)
-        axes = axes[0]
+    axes = _panels(plt, len(levels), axes)
     fig = axes[0].figure
     colors = {"learned": "tab:blue", "lattice": "tab:orange", "lattice+attn": "tab:green", "random-F": "tab:gray"}
     styles = {"lattice+attn": "--", "random-F": ":"}   # lattice+attn can lie on top of lattice
@@ -204,6 +210,96 @@ def plot_lattice_experiment(runs: list, summary: dict, path=None, axes=None):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Does the lattice help? mean ± 1 std over seeds, same data order per seed")
+    fig.tight_layout()
+    if path is not None:
+        write_png(fig, path, dpi=100, bbox_inches="tight")
+    return fig
+
+
+# ------------------------------------------------------------------------------- the grokking experiment
+GROKKING_COLORS = {"learned": "tab:blue", "clock": "tab:orange", "crt": "tab:green", "random": "tab:gray",
+                   "random-crt": "tab:olive"}
+
+
+def _by_modulus(runs):
+    out = {}
+    for r in runs:
+        out.setdefault(r["m"], {}).setdefault(r["variant"], []).append(r)
+    return dict(sorted(out.items()))
+
+
+def plot_grokking_curves(runs: list, path=None, axes=None):
+    """Training (dashed) and validation (solid) accuracy against step, mean over seeds with a band from
+    the seeds' minimum to maximum, one panel per modulus (see :mod:`cllm.lab.grokking`). Returns the figure."""
+    plt = _plt()
+    groups = _by_modulus(runs)
+    axes = _panels(plt, len(groups), axes)
+    fig = axes[0].figure
+    for ax, (m, variants) in zip(axes, groups.items()):
+        for variant, vr in variants.items():
+            steps = np.array(vr[0]["curve"]["step"])
+            c = GROKKING_COLORS.get(variant)
+            for key, ls in (("train_acc", "--"), ("val_acc", "-")):
+                curves = np.array([r["curve"][key] for r in vr])            # (seeds, points)
+                ax.plot(steps, curves.mean(axis=0), color=c, ls=ls, lw=1.5 if key == "val_acc" else 1.0,
+                        label=f"{variant} (n={len(vr)})" if key == "val_acc" else None)
+                if key == "val_acc":
+                    ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), color=c, alpha=0.15, lw=0)
+        ax.axhline(0.99, color="gray", ls=":", lw=1)
+        r0 = next(iter(variants.values()))[0]
+        ax.set_title(f"a + b mod {m}: {r0['n_train']} training pairs ({r0['train_frac']:.0%})")
+        ax.set_xlabel("full-batch step")
+        ax.set_ylabel("accuracy (solid: validation, dashed: training)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle("Memorise, then generalise: mean over seeds, band = min..max of validation accuracy")
+    fig.tight_layout()
+    if path is not None:
+        write_png(fig, path, dpi=100, bbox_inches="tight")
+    return fig
+
+
+def plot_spectrum(ax, spectrum, label=None, color=None, normalize=True):
+    """The Fourier energy of an embedding per frequency k = 1 .. m // 2 (entry 0, the mean, left out),
+    as a share of the total when ``normalize``; returns the axes."""
+    s = np.asarray(spectrum, dtype=np.float64)[1:]
+    if normalize and s.sum() > 0:
+        s = s / s.sum()
+    k = np.arange(1, s.size + 1)
+    ax.plot(k, s, "o-", ms=2.5, lw=0.9, color=color, label=label)
+    ax.set_xlabel("frequency k")
+    ax.set_ylabel("share of the embedding's energy" if normalize else "energy")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_grokking_spectra(runs: list, path=None, axes=None):
+    """Top row: the final Fourier spectrum of seed 0's embedding per variant, one panel per modulus.
+    Bottom row: the share of the energy in the top five frequencies against step (mean over seeds).
+    Returns the figure."""
+    plt = _plt()
+    groups = _by_modulus(runs)
+    if axes is None:
+        fig, axes = plt.subplots(2, len(groups), figsize=(6.2 * len(groups), 7.4), dpi=100, squeeze=False)
+    fig = axes[0][0].figure
+    for col, (m, variants) in enumerate(groups.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        for variant, vr in variants.items():
+            c = GROKKING_COLORS.get(variant)
+            r0 = min(vr, key=lambda r: r["seed"])
+            plot_spectrum(top, r0["spectrum"], label=f"{variant}: top {', '.join(map(str, r0['top5']))}", color=c)
+            share = np.array([r["curve"]["top5_share"] for r in vr])
+            bottom.plot(vr[0]["curve"]["step"], share.mean(axis=0), color=c, lw=1.5, label=variant)
+        top.set_title(f"mod {m}: embedding spectrum at the end (seed 0)")
+        top.legend(fontsize=7)
+        bottom.set_title(f"mod {m}: energy share of the top 5 frequencies (mean over seeds)")
+        bottom.set_xlabel("full-batch step")
+        bottom.set_ylabel("top-5 share")
+        bottom.set_ylim(0, 1.02)
+        bottom.axhline(5 / (m // 2), color="gray", ls=":", lw=1, label="flat spectrum")
+        bottom.grid(alpha=0.3)
+        bottom.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         write_png(fig, path, dpi=100, bbox_inches="tight")

@@ -147,6 +147,9 @@ class Trainer:
         if len(self.train_data) < cfg.seq_len + 1:
             raise ValueError(f"training data has {len(self.train_data)} tokens; seq_len={cfg.seq_len} needs at least "
                              f"{cfg.seq_len + 1}")
+        if run_dir is not None and getattr(model, "features_given", False):
+            raise ValueError("this model was built with a given feature matrix (Model(..., features=F)), which a "
+                             "checkpoint cannot restore: train it without a run_dir")
         self.tokenizer = tokenizer
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.callbacks = list(callbacks or [])

@@ -200,7 +200,7 @@ def test_seed_configuration_store_size():
     (dict(vocab_size=-1), "vocab_size"),
     (dict(d_ff=2.5), "d_ff"),
     (dict(dtype="float16"), "dtype"),
-    (dict(activation="relu"), "activation"),
+    (dict(activation="softplus"), "activation"),  # relu is a valid activation now
     (dict(init="zeros"), "init"),
     (dict(dropout=1.0), "dropout"),
     (dict(embedding="prime"), "embedding"),

@@ -48,7 +48,7 @@ def test_layernorm_statistics(rng):
     np.testing.assert_allclose(rstd, 1 / np.sqrt(x.var(-1) + 1e-5))
 
 
-@pytest.mark.parametrize("name", ["gelu", "tanh"])
+@pytest.mark.parametrize("name", ["gelu", "tanh", "relu"])
 def test_activation(rng, name):
     inputs = dict(x=rng.standard_normal((4, 10)) * 2)
     assert_report(check_op(lambda x: ops.activation_forward(x, name),

@@ -8,4 +8,6 @@ in the core library imports this package.
 - :mod:`cllm.lab.memory_probe`: peak memory of a training run in a fresh interpreter
 - :mod:`cllm.lab.bench_optim`: AdamW's update alone, plain against chunked
 - :mod:`cllm.lab.lattice_experiment`, :mod:`cllm.lab.stats`: ``python -m cllm experiment lattice``
+- :mod:`cllm.lab.modular`, :mod:`cllm.lab.grokking`: ``python -m cllm experiment grokking`` (a op b mod m,
+  learned against clock embeddings)
 """

@@ -46,6 +46,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .._validate import check_int
+from .report import log as log_line, write_json
 from .stats import compare, fmt_mean_std, mean_std
 
 DEFAULT_STEPS = 400        # ~15-20 minutes for 2 levels x 4 variants x 5 seeds on an idle 2-core machine
@@ -141,11 +142,12 @@ def run_one(level: Level, variant: str, seed: int, steps: int, model: Optional[d
     mkw.update(VARIANTS[variant])
     if mkw["embedding"] == "lattice" or mkw["attention_bias"] == "lattice":
         mkw["lattice_codes"] = level.codes
-    net = Model(ModelConfig(**mkw), seed=seed)
-    if variant == CONTROL:
-        F = net.buffers["lattice.features"]
-        G = np.random.default_rng([seed, 4]).standard_normal(F.shape)   # (V, k)
-        net.buffers["lattice.features"] = (G / np.sqrt(np.mean(G * G, axis=0))).astype(F.dtype)
+    mcfg = ModelConfig(**mkw)
+    features = None
+    if variant == CONTROL:                                               # F: random instead of prime features
+        from ..lattice.features import random_features
+        features = random_features((mcfg.vocab_size, mcfg.lattice_features), np.random.default_rng([seed, 4]))
+    net = Model(mcfg, seed=seed, features=features)
     subset = level.val[: eval_windows * tcfg.seq_len + 1]                # the first eval_windows windows
     digest = hashlib.sha256(level.train.tobytes())
 
@@ -292,16 +294,6 @@ def plot_results(runs: list, summary: dict, path=None, axes=None):
 
 
 # ----------------------------------------------------------------------------------------- driver
-def _print(*args):
-    print(*args, flush=True)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    from .._atomic import atomic_write_text
-
-    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
-
-
 def load_results(path) -> dict:
     """Read a ``lattice_experiment.json`` and (re)compute its summary from the runs it holds."""
     payload = json.loads(Path(path).read_text())
@@ -325,7 +317,7 @@ def run_lattice(seeds: int = 5, steps: int = DEFAULT_STEPS, out="figures", text:
         if v not in VARIANTS:
             raise ValueError(f"unknown variant {v!r}; expected some of {tuple(VARIANTS)}")
     eval_every = eval_every or max(1, steps // 20)
-    log = log or _print
+    log = log or log_line
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -351,14 +343,14 @@ def run_lattice(seeds: int = 5, steps: int = DEFAULT_STEPS, out="figures", text:
                 r = run_one(lv, variant, seed, steps, model, train, eval_every, eval_windows)
                 payload["runs"].append(r)
                 payload["wall_s"] = round(time.perf_counter() - t_start, 1)
-                _write_json(json_path, payload)
+                write_json(json_path, payload)
                 log(f"run {len(payload['runs']):2d}/{total}  {name:4s} {variant:12s} seed {seed}  "
                     f"val(subset) {r['final_val_subset']:.4f}  val(full) {r['final_val_full']:.4f}  "
                     f"{r['seconds']:.1f} s")
     payload["complete"] = True
     payload["wall_s"] = round(time.perf_counter() - t_start, 1)
     payload["summary"] = summarize(payload["runs"], steps, eval_every)
-    _write_json(json_path, payload)
+    write_json(json_path, payload)
     table, conclusion = write_reports(payload, out, plot=plot)
     log("")
     log(table)

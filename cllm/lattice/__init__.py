@@ -60,6 +60,11 @@ _EXPORTS = {
     "token_features": "features",
     "token_angles": "features",
     "angle_bias": "features",
+    "fourier_features": "features",
+    "fourier_frequencies": "features",
+    "crt_clock_features": "features",
+    "prime_power_factors": "features",
+    "random_features": "features",
 }
 
 _SUBMODULES = ("primes", "coords", "cache", "similarity", "codes", "lll", "features")

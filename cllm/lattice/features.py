@@ -28,6 +28,11 @@ codes). The super-linear frequencies matter: evenly spaced frequencies of a log 
 dependent where the points crowd together, and lost rank beyond ``k`` of about 60.
 The original embedding zeroed every row ``t = 3, 9 (mod 12)`` and had rank 60 for ``10000 x 512``; this map
 has neither defect.
+
+Clocks of residues (for modular arithmetic, :mod:`cllm.lab.grokking`): :func:`fourier_features` gives
+``cos, sin (2 pi k v / m)`` for every frequency k (orthogonal, rank m - 1 over the m residues),
+:func:`crt_clock_features` one such clock per prime power of m, :func:`random_features` the random
+control of a given shape.
 """
 from __future__ import annotations
 
@@ -136,3 +141,67 @@ def angle_bias(theta, phi) -> np.ndarray:
         raise ValueError(f"phi must be a scalar or 1-D, got shape {phi.shape}")
     diff = theta[:, None] - theta[None, :]                             # (T, T)
     return np.cos(phi[..., None, None] * diff)                         # (T, T) or (H, T, T)
+
+
+# ------------------------------------------------------------------------ clocks of residues mod m
+def fourier_frequencies(modulus) -> list:
+    """The columns of :func:`fourier_features` as (k, "cos" | "sin"): k = 1 .. m // 2, without the
+    sine of k = m / 2 for even m (it is 0 at every residue)."""
+    m = check_int("modulus", modulus, 2)
+    cols = []
+    for k in range(1, m // 2 + 1):
+        cols.append((k, "cos"))
+        if 2 * k != m:
+            cols.append((k, "sin"))
+    return cols
+
+
+def fourier_features(values, modulus) -> np.ndarray:
+    """The clock of every frequency: ``cos, sin (2 pi k v / m)`` for k = 1 .. m // 2, float64 of shape
+    ``(n, m - 1)`` (columns as :func:`fourier_frequencies` lists them).
+
+    Each column has unit RMS over the m residues (the cosines and sines are scaled by sqrt 2; the
+    cosine of k = m / 2 is +-1 already), so over ``values = 0 .. m - 1`` the columns are orthogonal with
+    ``F^T F = m I``; with the constant column they would be the whole discrete Fourier basis, rank m.
+    """
+    v = np.mod(check_int_array("values", values).reshape(-1), check_int("modulus", modulus, 2))  # (n,)
+    m = int(modulus)
+    cols = []
+    for k, kind in fourier_frequencies(m):
+        angle = 2.0 * np.pi * k * v / m                                   # (n,)
+        scale = 1.0 if 2 * k == m else np.sqrt(2.0)
+        cols.append(scale * (np.cos(angle) if kind == "cos" else np.sin(angle)))
+    return np.stack(cols, axis=1) if cols else np.zeros((v.size, 0))     # (n, m - 1)
+
+
+def prime_power_factors(n) -> list:
+    """The prime powers whose product is n, ascending by prime: 60 -> [4, 3, 5], 12 -> [4, 3], 7 -> [7]."""
+    n = check_int("n", n, 2)
+    out, p = [], 2
+    while p * p <= n:
+        if n % p == 0:
+            q = 1
+            while n % p == 0:
+                n //= p
+                q *= p
+            out.append(q)
+        p += 1
+    if n > 1:
+        out.append(n)
+    return out
+
+
+def crt_clock_features(values, modulus) -> np.ndarray:
+    """One clock per prime power q of m (Chinese remainder theorem): the :func:`fourier_features` of
+    ``v mod q`` for each q, side by side, shape ``(n, sum(q - 1))``: 9 columns for m = 60 = 4 * 3 * 5,
+    5 for m = 12 = 4 * 3. The residues mod the q determine v mod m, and each of these clocks is a subset of
+    the frequencies of the clock mod m (the mod-q clock's frequency j is m j / q there)."""
+    v = check_int_array("values", values).reshape(-1)                       # (n,)
+    return np.concatenate([fourier_features(v, q) for q in prime_power_factors(modulus)], axis=1)
+
+
+def random_features(shape, rng) -> np.ndarray:
+    """A fixed random Gaussian feature matrix of ``shape`` (n, k), each column scaled to unit RMS: the
+    control for a structured F of the same shape (rank min(n, k) with probability 1)."""
+    G = rng.standard_normal(shape)                                       # (n, k)
+    return G / np.sqrt(np.mean(G * G, axis=0))

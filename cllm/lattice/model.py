@@ -5,7 +5,9 @@ Prime embeddings (``ModelConfig(embedding="lattice")``)::
     E = F W + R            F (V, k) fixed prime features of each token's code,
                            W (k, C) learned projection ("lattice.proj"), R (V, C) learned residual ("wte")
 
-so tokens start where their primes put them (R starts at 0) and training moves them. E is one
+so tokens start where their primes put them (R starts at 0) and training moves them. Any other fixed
+F of shape (V, k) can be given as ``Model(cfg, features=F)`` (the clocks of the grokking experiment, a
+random control); only the buffer changes, the parameters and their initial values do not. E is one
 ordinary (V, C) matrix afterwards: the lookup and a tied output head both use it, and its gradient
 dE splits into dW = F^T dE and dR = dE.
 

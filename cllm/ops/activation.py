@@ -5,11 +5,13 @@ forward pass saves for the backward pass. Adding an activation function: a modul
 forward/backward pair, and one entry in ``MLP_ACTIVATIONS``; ``ModelConfig`` accepts every name here.
 """
 from .gelu import gelu_backward, gelu_forward
+from .relu import relu_backward, relu_forward
 from .tanh import tanh_backward, tanh_forward
 
 MLP_ACTIVATIONS = {
     "gelu": (gelu_forward, gelu_backward),
     "tanh": (tanh_forward, tanh_backward),
+    "relu": (relu_forward, relu_backward),
 }
 
 

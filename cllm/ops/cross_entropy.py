@@ -1,6 +1,8 @@
 """Softmax and cross-entropy fused: the loss from log-sum-exp, the gradient as softmax minus one-hot."""
 import numpy as np
 
+IGNORE_INDEX = -1  # a target equal to this is left out of the loss and gets no gradient (Model, DataParallel)
+
 
 def cross_entropy_forward(logits, targets, ignore_index=None):
     """Mean negative log-likelihood of ``targets`` (...) under ``softmax(logits)`` (..., V).
