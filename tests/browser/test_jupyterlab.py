@@ -4,10 +4,10 @@ Starts ``jupyter lab`` on the repository (127.0.0.1, a free port, a random token
 config/runtime/settings/workspaces/checkpoint directories, autosave off), drives Debian's Chromium
 with Playwright for Python, and checks that
 
-* the hyperparameter explorer (notebook 11) trains when its controls are changed and Train is
+* the hyperparameter explorer (notebook 14) trains when its controls are changed and Train is
   clicked: the live loss curve changes and the final validation loss it shows is the one
   ``cllm.course.explorer.run_training`` gives for the same settings;
-* the step-through (notebook 12) walks the forward pass in the activation store's order and then the
+* the step-through (notebook 15) walks the forward pass in the activation store's order and then the
   backward pass from the logits, with the label, phase, statistics and heat map following;
 * every other notebook renders with its stored outputs (figures included) and without errors;
 * no notebook is changed on disk and no checkpoint is left in the repository.
@@ -64,8 +64,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1400, "height": 1000}
 
-EXPLORER_NB = "notebooks/11_hyperparameter_explorer.ipynb"
-STEP_NB = "notebooks/12_step_through.ipynb"
+EXPLORER_NB = "notebooks/14_hyperparameter_explorer.ipynb"
+STEP_NB = "notebooks/15_step_through.ipynb"
 OTHER_NBS = sorted(f"notebooks/{p.name}" for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")
                    if f"notebooks/{p.name}" not in (EXPLORER_NB, STEP_NB))
 
@@ -73,7 +73,7 @@ OTHER_NBS = sorted(f"notebooks/{p.name}" for p in NOTEBOOKS.glob("[0-9][0-9]_*.i
 SERVER_START_S = 120     # until /api/status answers
 APP_START_S = 120        # until JupyterLab's front end is up
 OPEN_S = 120             # a notebook opened, its kernel (if any) idle
-RUN_ALL_S = 300          # every cell of notebook 11 or 12 executed
+RUN_ALL_S = 300          # every cell of notebook 14 or 15 executed
 TRAIN_S = 180            # one explorer run of a few dozen steps
 UI_S = 30                # one widget update (a click, a typed value)
 
