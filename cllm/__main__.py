@@ -84,6 +84,9 @@ def _add_train_args(p):
     g.add_argument("--workers", type=_positive_int, default=None,
                    help="threads that each run forward and backward on a share of the batch "
                         "(default: one per 256 tokens of the batch, at most one per core)")
+    g.add_argument("--kernels", choices=["auto", "numpy", "numba"], default="auto",
+                   help="the numpy reference ops or the fused numba kernels (auto: numba when it imports); "
+                        "how a step is computed, not what: a run may resume on either")
     g.add_argument("--eval-interval", type=_positive_int, default=t.eval_interval)
     g.add_argument("--eval-batches", type=_positive_int, default=None, help="default: the full validation split")
     g.add_argument("--checkpoint-interval", type=_positive_int, default=t.checkpoint_interval)
@@ -119,7 +122,7 @@ def _given_train_flags(args) -> set:
 
 
 # On --resume: flags that may change (how the run proceeds, not what it computes) ...
-_RESUME_CHANGEABLE = ("steps", "workers", "eval_interval", "eval_batches", "checkpoint_interval")
+_RESUME_CHANGEABLE = ("steps", "workers", "kernels", "eval_interval", "eval_batches", "checkpoint_interval")
 # ... and flags that must agree with the checkpoint: flag dest -> (config, field)
 _RESUME_FIXED = {**{d: ("model", d) for d in ("d_model", "n_layers", "n_heads", "d_ff", "activation", "init",
                                                  "dropout", "embedding", "attention_bias", "dtype")},
@@ -301,13 +304,13 @@ def _train(args, held):
 
     if args.resume:
         trainer = Trainer.resume(ck.path, train_ids, val_ids, train_cfg, out_dir=out, progress=not args.no_progress,
-                                 val_bytes_per_token=val_bpt)
+                                 val_bytes_per_token=val_bpt, kernels=args.kernels)
         model = trainer.model
         print(f"resuming {args.resume} at step {trainer.step} of {train_cfg.steps}")
     else:
         model = Model(model_cfg, seed=args.seed)
         trainer = Trainer(model, train_ids, val_ids, train_cfg, tokenizer=tok, run_dir=out,
-                          progress=not args.no_progress, val_bytes_per_token=val_bpt)
+                          progress=not args.no_progress, val_bytes_per_token=val_bpt, kernels=args.kernels)
     n_val = (len(val_ids) - 1) // train_cfg.seq_len
     if train_cfg.eval_max_batches is None or train_cfg.eval_max_batches * 4 * train_cfg.batch_size >= n_val:
         windows = f"all {n_val} windows"
@@ -317,6 +320,7 @@ def _train(args, held):
           f"train {len(train_ids):,} / validation {len(val_ids):,} tokens")
     print(f"model: {model.num_params():,} parameters ({model_cfg.n_layers} layers, {model_cfg.n_heads} heads, "
           f"d_model {model_cfg.d_model}, d_ff {model_cfg.d_ff}, context {model_cfg.max_seq_len}, {model_cfg.dtype})")
+    print(f"kernels: {model.kernels}" + (" (fused, cllm/kernels)" if model.kernels == "numba" else " (the reference ops)"))
     print(f"run directory: {out}")
 
     def report(trainer, event, info):

@@ -134,6 +134,10 @@ class DataParallel:
         check_int("workers", workers, 1)
         self.model = model
         self.workers = workers if blas_controls() is not None else 1
+        if getattr(model, "kernels", "numpy") == "numba":
+            from .kernels import threadsafe
+            if not threadsafe():  # numba's workqueue layer must not be entered from two threads at once
+                self.workers = 1
         self._pool: Optional[ThreadPoolExecutor] = None
         self._buffers = []  # gradient buffers of workers 1.. (worker 0 writes into the caller's)
 
