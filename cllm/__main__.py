@@ -433,13 +433,26 @@ def cmd_gradcheck(args):
 
 # ---------------------------------------------------------------------------------------------- bench
 def cmd_bench(args):
+    if args.kernels == "numba":
+        from .kernels import available
+
+        if not available():
+            raise UserError("--kernels numba needs numba, which is not installed or does not import: pip install numba")
+    if args.compile_time:
+        from .lab.bench import compile_times
+
+        return compile_times()
+    if args.sweep:
+        from .lab.bench import sweep
+
+        return sweep(repeats=min(args.repeats, 3), kernels=args.kernels)
     if args.compare == "torch":
         from .lab.compare_torch import compare_torch
 
-        return compare_torch(repeats=args.repeats, configs=args.configs)
+        return compare_torch(repeats=args.repeats, configs=args.configs, kernels=args.kernels)
     from .lab.bench import run_bench
 
-    return run_bench(repeats=args.repeats, configs=args.configs)
+    return run_bench(repeats=args.repeats, configs=args.configs, kernels=args.kernels)
 
 
 def cmd_experiment(args):
@@ -494,6 +507,12 @@ def build_parser():
     b.add_argument("--repeats", type=_positive_int, default=20)
     b.add_argument("--configs", nargs="+", choices=["seed", "small"], default=["seed", "small"])
     b.add_argument("--compare", choices=["torch"], default=None, help="also time the PyTorch reference")
+    b.add_argument("--kernels", choices=["both", "numpy", "numba"], default="both",
+                   help="the kernel paths to time (both: numpy and, where it imports, numba, in turns)")
+    b.add_argument("--sweep", action="store_true",
+                   help="tokens/s and fraction of peak over d_model 128-1024 and context 64-1024 instead")
+    b.add_argument("--compile-time", action="store_true",
+                   help="the fused kernels' first-use compile time, cold and cached, instead")
     b.set_defaults(func=cmd_bench)
     e = sub.add_parser("experiment", help="run a measured experiment (lattice: do prime embeddings help?)")
     e.add_argument("name", choices=["lattice"])
