@@ -37,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from ._validate import check_int
+from .kernels import set_threads as set_kernel_threads
 
 from .optim import DEFAULT_CHUNK, _chunks
 
@@ -80,8 +81,9 @@ def blas_controls():
 
 @contextlib.contextmanager
 def blas_threads(n: int):
-    """Within the block, BLAS uses ``n`` threads (process-wide); the previous count is restored after.
-    Does nothing where the BLAS cannot be controlled."""
+    """Within the block, BLAS uses ``n`` threads (process-wide), and so do the fused kernels
+    (:func:`cllm.kernels.set_threads`); the previous counts are restored after. BLAS is left alone
+    where it cannot be controlled."""
     controls = blas_controls()
     if controls is None:
         yield
@@ -90,11 +92,13 @@ def blas_threads(n: int):
     with _BLAS_LOCK:
         before = get_n()
         set_n(n)
+        kernels_before = set_kernel_threads(n)
     try:
         yield
     finally:
         with _BLAS_LOCK:
             set_n(before)
+            set_kernel_threads(kernels_before)
 
 
 # ------------------------------------------------------------------------------------------- the step

@@ -411,3 +411,48 @@ def test_kernels_work_where_no_cache_folder_is_writable(tmp_path):
     assert proc.returncode == 0, proc.stderr
     cached, err = proc.stdout.split()
     assert cached == "False" and float(err) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------- the bench
+@pytest.mark.parametrize("name", ["seed", "small", "tiny"])
+def test_gemm_shapes_are_the_steps_matmul_flops(name):
+    from cllm.lab.bench import gemm_shapes, step_flops
+    cfg, B = PRESETS[name].model, PRESETS[name].batch_size
+    T = cfg.max_seq_len
+    flops = sum(2 * count * batch * m * k * n for count, batch, m, k, n in gemm_shapes(cfg, B, T))
+    assert flops == step_flops(cfg, B, T)
+
+
+def test_bench_first_line_names_the_cpu_and_the_blas_kernel():
+    from cllm.lab.bench import machine_line
+    line = machine_line()
+    assert "BLAS" in line and "cores" in line and "OPENBLAS_CORETYPE=" in line
+
+
+@needs_numba
+def test_time_paths_times_both_paths_in_one_process():
+    from cllm.lab.bench import gemm_time, time_paths
+    cfg = dataclasses.replace(PRESETS["tiny"].model, dtype="float32")
+    r = time_paths(cfg, 2, 2)
+    assert set(r) == {"numpy", "numba"}
+    assert all(r[k]["step"] >= r[k]["forward"] > 0 for k in r)
+    assert gemm_time(cfg, 2, cfg.max_seq_len, repeats=1) > 0
+
+
+@needs_numba
+def test_kernel_threads_follow_blas_inside_the_data_parallel_region():
+    import threading
+    import numba
+    from cllm.kernels import fused, threads
+    from cllm.parallel import blas_controls, blas_threads
+    if blas_controls() is None:
+        pytest.skip("BLAS threads cannot be controlled here")
+    outside = threads()
+    seen = []
+    with blas_threads(1):
+        assert threads() == 1
+        worker = threading.Thread(target=lambda: seen.append((fused.sync_threads(), numba.get_num_threads())))
+        worker.start()
+        worker.join()
+    assert seen == [(1, 1)]  # a worker thread's kernels run on one thread, as its BLAS does
+    assert threads() == outside

@@ -10,9 +10,11 @@ with a one-line notice). It changes how a step is computed, not what: results ag
 resumed on either path.
 
 numba is imported lazily, the first time a numba namespace is asked for, so ``import cllm`` and a
-model on the numpy path never load it. The kernels' thread count follows BLAS's: each call first sets
-numba's (thread-local) count to the BLAS thread count in force, so inside the data-parallel workers
-(BLAS set to one thread, see cllm/parallel.py) each worker's kernels run on its own core. The threading
+model on the numpy path never load it. The kernels' thread count follows BLAS's: :func:`set_threads`
+holds the count in force (process-wide, like BLAS's; ``cllm.parallel.blas_threads`` sets both, and
+before that the count is OPENBLAS_NUM_THREADS or OMP_NUM_THREADS, else one per core), and each kernel
+call first sets numba's thread-local count to it, so inside the data-parallel workers (BLAS set to one
+thread) each worker's kernels run on its own core and nothing oversubscribes the cores. The threading
 layer is a thread-safe one (``omp`` or ``tbb``) unless ``NUMBA_THREADING_LAYER`` says otherwise; where
 none is available, :func:`threadsafe` is false and the data-parallel step uses one worker.
 """
@@ -21,6 +23,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+
+from ._threads import set_threads, threads  # noqa: F401 (the kernels' thread count, BLAS's)
 
 KERNELS = ("auto", "numpy", "numba")
 INSTALL = "pip install numba"
@@ -98,3 +102,4 @@ def threadsafe() -> bool:
         from . import fused
         _state["threadsafe"] = fused.threading_layer() in ("omp", "tbb")
     return _state["threadsafe"]
+

@@ -90,22 +90,6 @@ def tanh_backward(dout, x):
     return out.reshape(x.shape)
 
 
-@_jit
-def add_bias_gelu(y, b):
-    """In place on y (N, F): pre = y + b (the linear layer's bias), then return gelu(pre) and pre
-    (the fused form of ``linear_forward``'s ``y += b`` and ``gelu_forward``)."""
-    N, F = y.shape
-    out = np.empty_like(y)
-    dt = y.dtype.type
-    s, k, half, one = dt(_S), dt(_K), dt(0.5), dt(1.0)
-    for r in prange(N):
-        for j in range(F):
-            v = y[r, j] + b[j]
-            y[r, j] = v
-            out[r, j] = half * v * (one + np.tanh(s * (v + k * v * v * v)))
-    return out
-
-
 # ------------------------------------------------------------------------------------- LayerNorm
 @_jit
 def layernorm_forward(x2, w, b, eps):

@@ -16,6 +16,7 @@ import numpy as np
 from ..ops.attention import merge_heads, split_heads
 from ..ops.layernorm import LN_EPS
 from . import _numba as K
+from ._threads import threads
 
 if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
     numba.config.THREADING_LAYER = "threadsafe"  # omp or tbb: launches from several threads at once
@@ -27,16 +28,10 @@ OPS = ("layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
-def _blas_threads() -> int:
-    from ..parallel import blas_controls
-
-    controls = blas_controls()
-    return controls[1]() if controls is not None else (os.cpu_count() or 1)
-
-
 def sync_threads() -> int:
-    """Set numba's thread count (thread-local) to the BLAS thread count in force; return it."""
-    n = max(1, min(_blas_threads(), _MAX_THREADS))
+    """Set numba's thread count (thread-local) to the count in force (:func:`cllm.kernels.threads`,
+    BLAS's); return it."""
+    n = max(1, min(threads(), _MAX_THREADS))
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return n
