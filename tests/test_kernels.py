@@ -104,6 +104,8 @@ def test_auto_picks_numba_and_the_namespace_has_every_op():
     from cllm.kernels import fused
     for name in fused.OPS:  # the fused ones really are replaced
         assert getattr(ns, name) is getattr(fused, name) and getattr(ns, name) is not getattr(ops, name)
+    for name in set(fused.KERNELS) - set(fused.OPS):  # measured slower: numpy's op stays
+        assert getattr(ns, name) is getattr(ops, name) and callable(getattr(fused, name))
 
 
 @needs_numba
@@ -117,9 +119,11 @@ def test_threading_layer_is_threadsafe():
 # ---------------------------------------------------------------------------------------- every kernel
 @pytest.fixture(scope="module")
 def F():
+    """Every kernel (cllm.kernels.fused), also those the numba namespace leaves to numpy (fused.OPS)."""
     if not HAVE_NUMBA:
         pytest.skip("numba is not installed")
-    return ops_for("numba")
+    from cllm.kernels import fused
+    return fused
 
 
 DTYPES = ["float32", "float64"]

@@ -29,19 +29,33 @@ BLOCKS = 16  # reductions across rows or elements: this many partial sums, added
 CACHED = True  # False where no cache folder was writable (compiled afresh in every process)
 
 
-def _jit(fn=None, parallel=True):
-    """``numba.njit(parallel=..., cache=True)``; without the cache where numba finds no writable folder."""
+def _jit(fn=None, parallel=True, reassoc=False):
+    """``numba.njit(parallel=..., cache=True)``; without the cache where numba finds no writable folder.
+
+    ``reassoc``: let LLVM reorder the additions of a row's sums so that it can vectorise them (the
+    fast-math flag "reassoc" only: no approximate functions, no contraction into FMAs). The order is
+    fixed when the kernel is compiled, so results stay deterministic; they differ from the sequential
+    order by rounding only."""
+    fastmath = {"reassoc"} if reassoc else False
     def wrap(f):
         global CACHED
         try:
-            return numba.njit(parallel=parallel, cache=True, error_model="numpy")(f)
+            return numba.njit(parallel=parallel, cache=True, error_model="numpy", fastmath=fastmath)(f)
         except RuntimeError:  # "cannot cache function ...: no locator available"
             CACHED = False
-            return numba.njit(parallel=parallel, cache=False, error_model="numpy")(f)
+            return numba.njit(parallel=parallel, cache=False, error_model="numpy", fastmath=fastmath)(f)
     return wrap if fn is None else wrap(fn)
 
 
 # ------------------------------------------------------------------------------------- elementwise
+@numba.njit(inline="always", error_model="numpy")
+def _tanh(u, one, two):
+    """tanh(u) = 1 - 2 / (exp(2u) + 1): numba's np.tanh calls the scalar libm tanh (about 12 ns an
+    element here, 10x numpy's vectorised one); the exp form is 5x faster, exact at +-inf, and off by
+    at most a few units of the dtype's epsilon in absolute terms near 0."""
+    return one - two / (np.exp(two * u) + one)
+
+
 @_jit
 def gelu_forward(x):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), elementwise; x any shape (flattened)."""
@@ -50,7 +64,7 @@ def gelu_forward(x):
     s, k, half, one = xf.dtype.type(_S), xf.dtype.type(_K), xf.dtype.type(0.5), xf.dtype.type(1.0)
     for i in prange(xf.size):
         v = xf[i]
-        out[i] = half * v * (one + np.tanh(s * (v + k * v * v * v)))
+        out[i] = half * v * (one + _tanh(s * (v + k * v * v * v), one, one + one))
     return out.reshape(x.shape)
 
 
@@ -64,7 +78,7 @@ def gelu_backward(dout, x):
     hs = dt(0.5 * _S)
     for i in prange(xf.size):
         v = xf[i]
-        t = np.tanh(s * (v + k * v * v * v))
+        t = _tanh(s * (v + k * v * v * v), one, one + one)
         out[i] = df[i] * (half * (one + t) + hs * v * (one - t * t) * (one + k3 * v * v))
     return out.reshape(x.shape)
 
@@ -73,8 +87,9 @@ def gelu_backward(dout, x):
 def tanh_forward(x):
     xf = x.reshape(-1)
     out = np.empty_like(xf)
+    one = xf.dtype.type(1.0)
     for i in prange(xf.size):
-        out[i] = np.tanh(xf[i])
+        out[i] = _tanh(xf[i], one, one + one)
     return out.reshape(x.shape)
 
 
@@ -85,13 +100,13 @@ def tanh_backward(dout, x):
     out = np.empty_like(xf)
     one = xf.dtype.type(1.0)
     for i in prange(xf.size):
-        t = np.tanh(xf[i])
+        t = _tanh(xf[i], one, one + one)
         out[i] = df[i] * (one - t * t)
     return out.reshape(x.shape)
 
 
 # ------------------------------------------------------------------------------------- LayerNorm
-@_jit
+@_jit(reassoc=True)
 def layernorm_forward(x2, w, b, eps):
     """x2 (N, C) -> out (N, C), mean (N,), rstd (N,): one pass per row for the sums, one to write."""
     N, C = x2.shape
@@ -115,7 +130,7 @@ def layernorm_forward(x2, w, b, eps):
     return out, mean, rstd
 
 
-@_jit
+@_jit(reassoc=True)
 def layernorm_backward(d2, x2, w, mean, rstd):
     """dx (N, C) = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * w; dw, db (C,) summed over
     rows in ``BLOCKS`` blocks of rows (partials added in block order: independent of the thread count)."""
@@ -156,7 +171,7 @@ def layernorm_backward(d2, x2, w, mean, rstd):
 
 
 # ------------------------------------------------------------------------------------- attention
-@_jit
+@_jit(reassoc=True)
 def causal_softmax_(s4):
     """In place on scores (B, H, T, T): softmax of row i over keys j <= i, 0 above the diagonal (the
     causal mask and ``softmax_forward`` in one pass; the future entries are never exponentiated)."""
@@ -182,7 +197,7 @@ def causal_softmax_(s4):
     return s4
 
 
-@_jit
+@_jit(reassoc=True)
 def causal_softmax_backward_(d4, p4):
     """In place on datt (B, H, T, T): p * (datt - sum_j datt * p) over j <= i, 0 above the diagonal."""
     B, H, T, _ = d4.shape
@@ -203,7 +218,7 @@ def causal_softmax_backward_(d4, p4):
 
 
 # ------------------------------------------------------------------------------------- cross-entropy
-@_jit
+@_jit(reassoc=True)
 def cross_entropy_forward(z, t, has_ignore, ignore):
     """z (N, V) logits, t (N,) targets -> probs (N, V), nll (N,) float64 (0 on ignored rows), n_valid;
     with ``has_ignore``, rows whose target is ``ignore`` do not count."""
@@ -269,7 +284,7 @@ def embedding_backward(d2, ids, V):
 
 
 # ------------------------------------------------------------------------------------- optimizer
-@_jit
+@_jit(reassoc=True)
 def sum_squares(g):
     """Sum of g*g over a flat array, in float64, as BLOCKS partial sums added in order."""
     n = g.size
