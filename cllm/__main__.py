@@ -87,6 +87,9 @@ def _add_train_args(p):
     g.add_argument("--workers", type=_positive_int, default=None,
                    help="threads that each run forward and backward on a share of the batch "
                         "(default: one per 256 tokens of the batch, at most one per core)")
+    g.add_argument("--kernels", choices=["auto", "numpy", "numba"], default="auto",
+                   help="the numpy reference ops or the fused numba kernels (auto: numba when it imports); "
+                        "how a step is computed, not what: a run may resume on either")
     g.add_argument("--eval-interval", type=_positive_int, default=t.eval_interval)
     g.add_argument("--eval-batches", type=_positive_int, default=None, help="default: the full validation split")
     g.add_argument("--checkpoint-interval", type=_positive_int, default=t.checkpoint_interval)
@@ -122,7 +125,7 @@ def _given_train_flags(args) -> set:
 
 
 # On --resume: flags that may change (how the run proceeds, not what it computes) ...
-_RESUME_CHANGEABLE = ("steps", "workers", "eval_interval", "eval_batches", "checkpoint_interval")
+_RESUME_CHANGEABLE = ("steps", "workers", "kernels", "eval_interval", "eval_batches", "checkpoint_interval")
 # ... and flags that must agree with the checkpoint: flag dest -> (config, field)
 _RESUME_FIXED = {**{d: ("model", d) for d in ("d_model", "n_layers", "n_heads", "d_ff", "activation", "init",
                                                  "dropout", "embedding", "attention_bias", "dtype")},
@@ -329,16 +332,20 @@ def _train(args, held):
 
     if plan.resumed is not None:
         trainer = Trainer.resume(plan.resumed.path, train_ids, val_ids, train_cfg, out_dir=out,
-                                 progress=not args.no_progress, val_bytes_per_token=val_bpt)
+                                 progress=not args.no_progress, val_bytes_per_token=val_bpt,
+                                 kernels=args.kernels)
         print(f"resuming {args.resume} at step {trainer.step} of {train_cfg.steps}")
     else:
         trainer = Trainer(Model(model_cfg, seed=args.seed), train_ids, val_ids, train_cfg, tokenizer=tok,
-                          run_dir=out, progress=not args.no_progress, val_bytes_per_token=val_bpt)
+                          run_dir=out, progress=not args.no_progress, val_bytes_per_token=val_bpt,
+                          kernels=args.kernels)
     print(f"data: {source}: {len(text):,} characters, {len(ids):,} tokens, vocabulary {tok.vocab_size}; "
           f"train {len(train_ids):,} / validation {len(val_ids):,} tokens")
     print(f"model: {trainer.model.num_params():,} parameters ({model_cfg.n_layers} layers, {model_cfg.n_heads} "
           f"heads, d_model {model_cfg.d_model}, d_ff {model_cfg.d_ff}, context {model_cfg.max_seq_len}, "
           f"{model_cfg.dtype})")
+    kernels = trainer.model.kernels
+    print(f"kernels: {kernels}" + (" (fused, cllm/kernels)" if kernels == "numba" else " (the reference ops)"))
     print(f"run directory: {out}")
     return _run_and_report(args, trainer, plan, val_ids, val_bpt)
 
@@ -467,13 +474,26 @@ def cmd_gradcheck(args):
 
 # ---------------------------------------------------------------------------------------------- bench
 def cmd_bench(args):
+    if args.kernels == "numba":
+        from .kernels import available
+
+        if not available():
+            raise UserError("--kernels numba needs numba, which is not installed or does not import: pip install numba")
+    if args.compile_time:
+        from .lab.bench import compile_times
+
+        return compile_times()
+    if args.sweep:
+        from .lab.bench import sweep
+
+        return sweep(repeats=min(args.repeats, 3), kernels=args.kernels)
     if args.compare == "torch":
         from .lab.compare_torch import compare_torch
 
-        return compare_torch(repeats=args.repeats, configs=args.configs)
+        return compare_torch(repeats=args.repeats, configs=args.configs, kernels=args.kernels)
     from .lab.bench import run_bench
 
-    return run_bench(repeats=args.repeats, configs=args.configs)
+    return run_bench(repeats=args.repeats, configs=args.configs, kernels=args.kernels)
 
 
 def cmd_experiment(args):
@@ -534,6 +554,12 @@ def build_parser():
     b.add_argument("--repeats", type=_positive_int, default=20)
     b.add_argument("--configs", nargs="+", choices=sorted(PRESETS), default=["seed", "small"])
     b.add_argument("--compare", choices=["torch"], default=None, help="also time the PyTorch reference")
+    b.add_argument("--kernels", choices=["both", "numpy", "numba"], default="both",
+                   help="the kernel paths to time (both: numpy and, where it imports, numba, in turns)")
+    b.add_argument("--sweep", action="store_true",
+                   help="tokens/s and fraction of peak over d_model 128-1024 and context 64-1024 instead")
+    b.add_argument("--compile-time", action="store_true",
+                   help="the fused kernels' first-use compile time, cold and cached, instead")
     b.set_defaults(func=cmd_bench)
     e = sub.add_parser("experiment", help="run a measured experiment (lattice: do prime embeddings help? "
                                           "grokking: do clock embeddings help modular addition?)")

@@ -19,6 +19,7 @@ import numpy as np
 from . import ops
 from .activations import ActivationStore, check_memory, param_bytes, param_count
 from .config import ModelConfig
+from .kernels import ops_for as kernels_ops_for
 
 
 class BlockNames:
@@ -123,7 +124,7 @@ class Model:
     dict with the same keys, shapes and dtype, so an optimiser is one loop over names.
     """
 
-    def __init__(self, cfg: ModelConfig, seed: int = 0, features=None):
+    def __init__(self, cfg: ModelConfig, seed: int = 0, features=None, kernels: str = "numpy"):
         """``features``: with ``cfg.embedding == "lattice"``, a fixed (V, lattice_features) matrix to use as
         F in E = F W + R instead of the prime features of the tokens' codes (clock features, a random
         control, ...). It is kept in ``buffers["lattice.features"]``; the initial parameters do not
@@ -131,6 +132,7 @@ class Model:
         trainer refuses to checkpoint a model built with one (``features_given``)."""
         if not isinstance(cfg, ModelConfig):
             raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+        self.use_kernels(kernels)  # before anything is built: a bad choice changes nothing
         check_memory(param_bytes(cfg), f"a model of {param_count(cfg):,} parameters")  # before building any
         self.cfg = cfg
         self.dtype = np.dtype(cfg.dtype)
@@ -159,6 +161,14 @@ class Model:
         self.features_given = features is not None
 
     # ------------------------------------------------------------------ bookkeeping
+    def use_kernels(self, kernels: str) -> str:
+        """Compute with the ops of ``kernels``: "numpy" (:mod:`cllm.ops`, the reference), "numba" (the
+        fused kernels of :mod:`cllm.kernels`) or "auto" (numba when it imports). How, not what: the
+        parameters, and so a checkpoint, mean the same on either path. Returns the path chosen."""
+        self.ops = kernels_ops_for(kernels)  # the one dispatch: every op below is self.ops.<name>
+        self.kernels = "numpy" if self.ops is ops else "numba"
+        return self.kernels
+
     def num_params(self) -> int:
         """Number of learned scalars (a tied head is counted once)."""
         return int(sum(p.size for p in self.params.values()))
@@ -227,8 +237,8 @@ class Model:
         acts = ActivationStore(idx, targets, train=bool(p_drop))
 
         wte = self.embedding_matrix()  # (V, C)
-        x = ops.embedding_forward(idx, wte) + ops.position_forward(T, P["wpe"])  # (B, T, C)
-        x, m = ops.dropout_forward(x, p_drop, rng)
+        x = self.ops.embedding_forward(idx, wte) + self.ops.position_forward(T, P["wpe"])  # (B, T, C)
+        x, m = self.ops.dropout_forward(x, p_drop, rng)
         if m is not None:
             acts["emb.drop"] = m
 
@@ -243,14 +253,14 @@ class Model:
             x = self.block_forward(l, x, acts, self._causal_attention(l, acts, basis, p_drop, rng), p_drop, rng)
 
         acts["ln_f.in"] = x
-        h, acts["ln_f.mean"], acts["ln_f.rstd"] = ops.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])
+        h, acts["ln_f.mean"], acts["ln_f.rstd"] = self.ops.layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])
         acts["ln_f.out"] = h  # final hidden state (B, T, C)
         head = wte if cfg.tie_weights else P["lm_head.weight"]  # (V, C)
-        logits = ops.linear_forward(h, head.T)  # (B, T, C) @ (C, V) -> (B, T, V)
+        logits = self.ops.linear_forward(h, head.T)  # (B, T, C) @ (C, V) -> (B, T, V)
         acts["logits"] = logits
         loss = None
         if targets is not None:
-            loss, acts["probs"] = ops.cross_entropy_forward(logits, targets, ops.IGNORE_INDEX)
+            loss, acts["probs"] = self.ops.cross_entropy_forward(logits, targets, ops.IGNORE_INDEX)
             if cfg.lattice_reg > 0:  # one objective: what is reported is what is differentiated
                 from .lattice.model import gcd_regulariser
                 reg, _ = gcd_regulariser(wte, self.buffers["lattice.laplacian"], cfg.lattice_reg)
@@ -272,35 +282,35 @@ class Model:
         P, n = self.params, block_names(l)
         # --- attention branch
         acts[n.ln_1_in] = x
-        h, acts[n.ln_1_mean], acts[n.ln_1_rstd] = ops.layernorm_forward(x, P[n.ln_1_w], P[n.ln_1_b])  # (B, T, C)
+        h, acts[n.ln_1_mean], acts[n.ln_1_rstd] = self.ops.layernorm_forward(x, P[n.ln_1_w], P[n.ln_1_b])  # (B, T, C)
         acts[n.ln_1_out] = h
         a = self._attention_branch(l, h, acts, attend)  # (B, T, C)
-        a, m = ops.dropout_forward(a, p_drop, rng)
+        a, m = self.ops.dropout_forward(a, p_drop, rng)
         if m is not None:
             acts[n.attn_resid_drop] = m
-        x = ops.residual_forward(x, a)  # (B, T, C)
+        x = self.ops.residual_forward(x, a)  # (B, T, C)
         # --- MLP branch
         acts[n.ln_2_in] = x
-        h, acts[n.ln_2_mean], acts[n.ln_2_rstd] = ops.layernorm_forward(x, P[n.ln_2_w], P[n.ln_2_b])
+        h, acts[n.ln_2_mean], acts[n.ln_2_rstd] = self.ops.layernorm_forward(x, P[n.ln_2_w], P[n.ln_2_b])
         acts[n.ln_2_out] = h
-        pre = ops.linear_forward(h, P[n.fc_w], P[n.fc_b])  # (B, T, F)
+        pre = self.ops.linear_forward(h, P[n.fc_w], P[n.fc_b])  # (B, T, F)
         acts[n.pre] = pre
-        act = ops.activation_forward(pre, self.cfg.activation)  # (B, T, F)
+        act = self.ops.activation_forward(pre, self.cfg.activation)  # (B, T, F)
         acts[n.act] = act
-        f = ops.linear_forward(act, P[n.proj_w], P[n.proj_b])  # (B, T, C)
-        f, m = ops.dropout_forward(f, p_drop, rng)
+        f = self.ops.linear_forward(act, P[n.proj_w], P[n.proj_b])  # (B, T, C)
+        f, m = self.ops.dropout_forward(f, p_drop, rng)
         if m is not None:
             acts[n.mlp_resid_drop] = m
-        return ops.residual_forward(x, f)  # (B, T, C)
+        return self.ops.residual_forward(x, f)  # (B, T, C)
 
     def _attention_branch(self, l, h, acts, attend):
         """c_proj(attend(c_attn(h))): the attention branch of block ``l`` on ln_1's output ``h``."""
         P, n = self.params, block_names(l)
-        qkv = ops.linear_forward(h, P[n.c_attn_w], P[n.c_attn_b])  # (B, T, 3C)
+        qkv = self.ops.linear_forward(h, P[n.c_attn_w], P[n.c_attn_b])  # (B, T, 3C)
         acts[n.qkv] = qkv
         y = attend(qkv)  # (B, T, C)
         acts[n.y] = y
-        return ops.linear_forward(y, P[n.c_proj_w], P[n.c_proj_b])  # (B, T, C)
+        return self.ops.linear_forward(y, P[n.c_proj_w], P[n.c_proj_b])  # (B, T, C)
 
     def _causal_attention(self, l, acts, basis, p_drop, rng):
         """Block ``l``'s ``attend`` for training: causal multi-head attention over all T positions
@@ -310,7 +320,7 @@ class Model:
 
         def attend(qkv):
             bias = None if basis is None else P[n.beta][None, :, None, None] * basis  # (B, H, T, T)
-            y, acts[n.probs], m = ops.attention_forward(qkv, H, bias, p_drop, rng)  # (B, T, C)
+            y, acts[n.probs], m = self.ops.attention_forward(qkv, H, bias, p_drop, rng)  # (B, T, C)
             if m is not None:
                 acts[n.attn_drop] = m
             return y
@@ -341,23 +351,23 @@ class Model:
 
         wte = self.embedding_matrix()
         head = wte if cfg.tie_weights else P["lm_head.weight"]
-        dh, dhead_t, _ = ops.linear_backward(dlogits, acts["ln_f.out"], head.T, has_bias=False)  # dW (C, V)
+        dh, dhead_t, _ = self.ops.linear_backward(dlogits, acts["ln_f.out"], head.T, has_bias=False)  # dW (C, V)
         dhead = dhead_t.T  # (V, C)
         sink.record("ln_f.out", dh)
-        dx, grads["ln_f.weight"], grads["ln_f.bias"] = ops.layernorm_backward(
+        dx, grads["ln_f.weight"], grads["ln_f.bias"] = self.ops.layernorm_backward(
             dh, acts["ln_f.in"], P["ln_f.weight"], acts["ln_f.mean"], acts["ln_f.rstd"])  # (B, T, C)
         sink.record("ln_f.in", dx)
 
         for l in reversed(range(cfg.n_layers)):
             dx = self._block_backward(l, dx, acts, sink)  # gradient of the stream entering block l
 
-        demb = ops.dropout_backward(dx, acts.get("emb.drop"))  # (B, T, C)
-        dwte = ops.embedding_backward(demb, acts.idx, cfg.vocab_size)  # (V, C)
+        demb = self.ops.dropout_backward(dx, acts.get("emb.drop"))  # (B, T, C)
+        dwte = self.ops.embedding_backward(demb, acts.idx, cfg.vocab_size)  # (V, C)
         if cfg.tie_weights:
             dwte += dhead  # the head and the lookup share one matrix
         else:
             grads["lm_head.weight"] = dhead
-        grads["wpe"] = ops.position_backward(demb, cfg.max_seq_len)
+        grads["wpe"] = self.ops.position_backward(demb, cfg.max_seq_len)
         if cfg.lattice_reg > 0 and acts.targets is not None:
             from .lattice.model import gcd_regulariser
             dreg = gcd_regulariser(wte, self.buffers["lattice.laplacian"], cfg.lattice_reg)[1]
@@ -370,14 +380,13 @@ class Model:
             grads["wte"] = dwte
         return sink.finish(P)
 
-    @staticmethod
-    def _dlogits(acts, dlogits, scale):
+    def _dlogits(self, acts, dlogits, scale):
         """The gradient at the logits (B, T, V): softmax minus one-hot over the targets (or the
         caller's ``dlogits``), times ``scale``."""
         if dlogits is None:
             if acts.targets is None:
                 raise ValueError("backward needs the targets: call forward(idx, targets) first")
-            dlogits = ops.cross_entropy_backward(acts["probs"], acts.targets, ops.IGNORE_INDEX)  # (B, T, V)
+            dlogits = self.ops.cross_entropy_backward(acts["probs"], acts.targets, ops.IGNORE_INDEX)  # (B, T, V)
             if scale != 1.0:
                 dlogits *= scale
         elif scale != 1.0:
@@ -390,26 +399,26 @@ class Model:
         the stream entering it."""
         P, n, grads, buf = self.params, block_names(l), sink.grads, sink.buffer
         # --- MLP branch (x_out = x_mid + drop(f)): the sum hands dx to the stream and to the branch
-        dx_stream, dbranch = ops.residual_backward(dx)
-        df = ops.dropout_backward(dbranch, acts.get(n.mlp_resid_drop))
-        dact, grads[n.proj_w], grads[n.proj_b] = ops.linear_backward(
+        dx_stream, dbranch = self.ops.residual_backward(dx)
+        df = self.ops.dropout_backward(dbranch, acts.get(n.mlp_resid_drop))
+        dact, grads[n.proj_w], grads[n.proj_b] = self.ops.linear_backward(
             df, acts[n.act], P[n.proj_w], dw=buf(n.proj_w), db=buf(n.proj_b))  # (B, T, F)
         sink.record(n.act, dact)
-        dpre = ops.activation_backward(dact, acts[n.pre], self.cfg.activation)  # (B, T, F)
+        dpre = self.ops.activation_backward(dact, acts[n.pre], self.cfg.activation)  # (B, T, F)
         sink.record(n.pre, dpre)
-        dh, grads[n.fc_w], grads[n.fc_b] = ops.linear_backward(
+        dh, grads[n.fc_w], grads[n.fc_b] = self.ops.linear_backward(
             dpre, acts[n.ln_2_out], P[n.fc_w], dw=buf(n.fc_w), db=buf(n.fc_b))  # (B, T, C)
         sink.record(n.ln_2_out, dh)
-        dxm, grads[n.ln_2_w], grads[n.ln_2_b] = ops.layernorm_backward(
+        dxm, grads[n.ln_2_w], grads[n.ln_2_b] = self.ops.layernorm_backward(
             dh, acts[n.ln_2_in], P[n.ln_2_w], acts[n.ln_2_mean], acts[n.ln_2_rstd])
         dx = dx_stream + dxm  # gradient of the stream after attention
         sink.record(n.ln_2_in, dx)
         # --- attention branch (x_mid = x_in + drop(a))
-        dx_stream, dbranch = ops.residual_backward(dx)
-        da = ops.dropout_backward(dbranch, acts.get(n.attn_resid_drop))
+        dx_stream, dbranch = self.ops.residual_backward(dx)
+        da = self.ops.dropout_backward(dbranch, acts.get(n.attn_resid_drop))
         dh = self._attention_branch_backward(l, da, acts, sink)  # (B, T, C)
         sink.record(n.ln_1_out, dh)
-        dxi, grads[n.ln_1_w], grads[n.ln_1_b] = ops.layernorm_backward(
+        dxi, grads[n.ln_1_w], grads[n.ln_1_b] = self.ops.layernorm_backward(
             dh, acts[n.ln_1_in], P[n.ln_1_w], acts[n.ln_1_mean], acts[n.ln_1_rstd])
         dx = dx_stream + dxi  # gradient of the stream entering block l
         sink.record(n.ln_1_in, dx)
@@ -419,11 +428,11 @@ class Model:
         """Backward of :meth:`_attention_branch`: fills block ``l``'s attention gradients from ``da``
         (B, T, C), the gradient of the branch's output, and returns the gradient of ``h``."""
         P, n, grads, buf = self.params, block_names(l), sink.grads, sink.buffer
-        dy, grads[n.c_proj_w], grads[n.c_proj_b] = ops.linear_backward(
+        dy, grads[n.c_proj_w], grads[n.c_proj_b] = self.ops.linear_backward(
             da, acts[n.y], P[n.c_proj_w], dw=buf(n.c_proj_w), db=buf(n.c_proj_b))  # (B, T, C)
         sink.record(n.y, dy)
         want_scores = self.cfg.attention_bias == "lattice"
-        res = ops.attention_backward(dy, acts[n.qkv], acts[n.probs], self.cfg.n_heads,
+        res = self.ops.attention_backward(dy, acts[n.qkv], acts[n.probs], self.cfg.n_heads,
                                      acts.get(n.attn_drop), return_dscores=want_scores)
         if want_scores:
             dqkv, dscores = res  # dscores (B, H, T, T) is also the gradient of the additive bias
@@ -431,7 +440,7 @@ class Model:
         else:
             dqkv = res  # (B, T, 3C)
         sink.record(n.qkv, dqkv)
-        dh, grads[n.c_attn_w], grads[n.c_attn_b] = ops.linear_backward(
+        dh, grads[n.c_attn_w], grads[n.c_attn_b] = self.ops.linear_backward(
             dqkv, acts[n.ln_1_out], P[n.c_attn_w], dw=buf(n.c_attn_w), db=buf(n.c_attn_b))  # (B, T, C)
         return dh
 

@@ -96,6 +96,7 @@ class Optimizer:
             sizes[p.dtype] = max(sizes.get(p.dtype, 0), min(chunk_size, p.size))
         self._scratch = [{dt: np.empty(n, dtype=dt) for dt, n in sizes.items()} for _ in range(self.threads)]
         self._pool = None  # ThreadPoolExecutor, created on the first threaded step
+        self._fused_step = None  # fn(opt, flat_p, flat_g): a fused kernel does the whole update instead
 
     # -- checks -----------------------------------------------------------------------------------
     def _check_grads(self, grads: Mapping[str, np.ndarray]) -> None:
@@ -122,6 +123,9 @@ class Optimizer:
         self._begin_step(lr)
         flat_p = {name: p.reshape(-1) for name, p in self.params.items()}     # views: (numel,)
         flat_g = {name: grads[name].reshape(-1) for name in self.params}      # (numel,)
+        if self._fused_step is not None:  # one pass per tensor, threaded inside the kernel
+            self._fused_step(self, flat_p, flat_g)
+            return
         n = self.threads
         if n == 1:
             self._run(self._work, flat_p, flat_g, self._scratch[0], lr)
@@ -249,19 +253,26 @@ class AdamW(Optimizer):
     (``"m/<param>"``, ``"v/<param>"``, as checkpoints written before this change hold them).
 
     ``threads``: worker threads for the update (None: automatic, see ``_resolve_threads``).
+    ``kernels``: "numpy" (the chunked step above), "numba" (one fused pass per tensor, the same
+    operations in the same order: :func:`cllm.kernels.fused.adamw_step`) or "auto".
     """
 
     _state_names = ("m_sum", "v_sum")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.99), eps: float = 1e-8,
                  weight_decay: float = 0.1, decay: Optional[Callable] = None, chunk_size: int = DEFAULT_CHUNK,
-                 threads: Optional[int] = 1):
+                 threads: Optional[int] = 1, kernels: str = "numpy"):
+        from .kernels import optim_kernels
+
+        fused = optim_kernels(kernels)  # checks the choice before anything is built
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.beta1 = _check_number("beta1", betas[0], 0.0, 1.0, hi_open=True)
         self.beta2 = _check_number("beta2", betas[1], 0.0, 1.0, hi_open=True)
         self.eps = _check_number("eps", eps, 0.0, lo_open=True)
         super().__init__(params, lr, weight_decay, decay, chunk_size, threads)
+        self.kernels = "numpy" if fused is None else "numba"
+        self._fused_step = None if fused is None else fused.adamw_step
 
     def _begin_step(self, lr):
         t, b1, b2 = self.t, self.beta1, self.beta2
@@ -396,17 +407,19 @@ def accumulate(into: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], 
             a[s] += t                           # acc += scale * g
 
 
-def make_optimizer(params: Mapping[str, np.ndarray], cfg, threads: Optional[int] = 1) -> Optimizer:
+def make_optimizer(params: Mapping[str, np.ndarray], cfg, threads: Optional[int] = 1,
+                   kernels: str = "numpy") -> Optimizer:
     """Build the optimizer a ``TrainConfig`` (or its dict) names: "adamw", "sgd" or "momentum".
 
     AdamW takes lr, (beta1, beta2), eps and weight_decay; SGD and momentum take lr and weight_decay
-    (coupled L2, see ``SGD``), momentum also ``momentum``. ``threads``: see ``Optimizer``.
+    (coupled L2, see ``SGD``), momentum also ``momentum``. ``threads``: see ``Optimizer``;
+    ``kernels``: see ``AdamW`` (SGD has no fused kernel and always runs on numpy).
     """
     get = cfg.get if isinstance(cfg, Mapping) else (lambda k: getattr(cfg, k))
     kind = get("optimizer")
     if kind == "adamw":
         return AdamW(params, lr=get("lr"), betas=(get("beta1"), get("beta2")), eps=get("eps"),
-                     weight_decay=get("weight_decay"), threads=threads)
+                     weight_decay=get("weight_decay"), threads=threads, kernels=kernels)
     if kind == "sgd":
         return SGD(params, lr=get("lr"), weight_decay=get("weight_decay"), threads=threads)
     if kind == "momentum":

@@ -37,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from ._validate import check_int
+from .kernels import set_threads as set_kernel_threads
 from .ops.cross_entropy import IGNORE_INDEX
 from .optim import DEFAULT_CHUNK, _chunks
 
@@ -80,8 +81,9 @@ def blas_controls():
 
 @contextlib.contextmanager
 def blas_threads(n: int):
-    """Within the block, BLAS uses ``n`` threads (process-wide); the previous count is restored after.
-    Does nothing where the BLAS cannot be controlled."""
+    """Within the block, BLAS uses ``n`` threads (process-wide), and so do the fused kernels
+    (:func:`cllm.kernels.set_threads`); the previous counts are restored after. BLAS is left alone
+    where it cannot be controlled."""
     controls = blas_controls()
     if controls is None:
         yield
@@ -90,11 +92,13 @@ def blas_threads(n: int):
     with _BLAS_LOCK:
         before = get_n()
         set_n(n)
+        kernels_before = set_kernel_threads(n)
     try:
         yield
     finally:
         with _BLAS_LOCK:
             set_n(before)
+            set_kernel_threads(kernels_before)
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -134,6 +138,10 @@ class DataParallel:
         check_int("workers", workers, 1)
         self.model = model
         self.workers = workers if blas_controls() is not None else 1
+        if getattr(model, "kernels", "numpy") == "numba":
+            from .kernels import threadsafe
+            if not threadsafe():  # numba's workqueue layer must not be entered from two threads at once
+                self.workers = 1
         self._pool: Optional[ThreadPoolExecutor] = None
         self._buffers = []  # gradient buffers of workers 1.. (worker 0 writes into the caller's)
 

@@ -130,9 +130,13 @@ class Trainer:
     """
 
     def __init__(self, model: Model, train_data, val_data, cfg: TrainConfig = TrainConfig(), tokenizer=None,
-                 run_dir=None, callbacks: Optional[list] = None, progress=True, val_bytes_per_token=None):
+                 run_dir=None, callbacks: Optional[list] = None, progress=True, val_bytes_per_token=None,
+                 kernels: Optional[str] = None):
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        if kernels is not None:
+            from .kernels import check
+            check(kernels)
         if cfg.seq_len > model.cfg.max_seq_len:
             raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
         self.model = model
@@ -154,7 +158,15 @@ class Trainer:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.callbacks = list(callbacks or [])
         self.progress = progress
-        self.optimizer = make_optimizer(model.params, cfg, threads=None)  # 2 threads for big models
+        # kernels: "numpy", "numba" or "auto" (cllm/kernels); None keeps the model's. Not part of the
+        # checkpoint: how a step is computed, not what, so a run may be resumed on either path
+        if kernels is not None:
+            model.use_kernels(kernels)
+        self.optimizer = make_optimizer(model.params, cfg, threads=None,  # 2 threads for big models
+                                        kernels=model.kernels)
+        from .kernels import optim_kernels
+        fused = optim_kernels(model.kernels)
+        self._clip = clip_grad_norm if fused is None else fused.clip_grad_norm
         # forward and backward on several threads, each on a share of the batch (cllm/parallel.py)
         workers = auto_workers(cfg.batch_size, cfg.seq_len) if cfg.workers is None else cfg.workers
         self.parallel = DataParallel(model, workers)
@@ -225,7 +237,7 @@ class Trainer:
                 accumulate(grads, self.parallel.backward(parts, self._grads), 1.0 / c.grad_accum)  # mean
                 del parts
                 losses.append(loss)
-        norm = clip_grad_norm(grads, c.grad_clip)
+        norm = self._clip(grads, c.grad_clip)
         if not math.isfinite(norm):
             bad = next(k for k, g in grads.items() if not np.all(np.isfinite(g)))
             self._diverged(f"gradient of {bad} is not finite (global norm {norm})", lr, x, y, grads)
@@ -442,7 +454,7 @@ class TrainingStep:
     One piece of code for ``bench``, ``bench --compare torch`` and the memory measurement: forward and
     backward through :class:`cllm.parallel.DataParallel` (``workers`` threads; None: the trainer's
     automatic choice for this batch), gradients written into buffers allocated once, then AdamW with
-    the trainer's defaults (``optimizer_threads`` None: automatic). Calling it with a batch returns
+    the trainer's defaults (``optimizer_threads`` None: automatic), on the model's kernel path. Calling it with a batch returns
     ``(loss, (forward, backward, optimizer))``, the phases in seconds of ``clock``.
     """
 
@@ -451,7 +463,7 @@ class TrainingStep:
         tc = TrainConfig()
         self.model = model
         self.optimizer = AdamW(model.params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps,
-                               weight_decay=tc.weight_decay, threads=optimizer_threads)
+                               weight_decay=tc.weight_decay, threads=optimizer_threads, kernels=model.kernels)
         self.parallel = DataParallel(model, auto_workers(batch_size, seq_len) if workers is None else workers)
         self.grads = model.zeros_like_params()  # reused every step, as in the trainer
         self.clock = clock
