@@ -253,7 +253,7 @@ def sweep(repeats=3, kernels="both", tokens=2048) -> int:
         acts = activation_bytes(B, T, d, cfg.n_heads, cfg.n_layers, cfg.vocab_size, cfg.d_ff)
         cells = " ".join(f"{B * T / res[k]['step']:>13,.0f} {flops / res[k]['step'] / 1e9 / peak:>7.0%}" for k in paths)
         print(f"{d:>7} {T:>7} {B:>3} {res[paths[0]]['params']:>11,} {acts / 2**20:>7.1f}MiB {cells}")
-    print(f"\nmedians of {repeats} float32 training steps after a warm-up; 2 layers, heads of 64, vocabulary 65")
+    print(f"\nmedians of {repeats} float32 training steps after two warm-up steps; 2 layers, heads of 64, vocabulary 65")
     return 0
 
 
