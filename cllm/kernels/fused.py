@@ -13,7 +13,7 @@ import os
 import numba
 import numpy as np
 
-from ..ops.attention import merge_heads, split_heads
+from ..ops.attention import attention_dropout, merge_heads, split_heads
 from ..ops.layernorm import LN_EPS
 from . import _numba as K
 from ._threads import threads
@@ -148,12 +148,7 @@ def attention_forward(qkv, n_heads, bias=None, dropout_p=0.0, rng=None):
     if bias is not None:
         scores += bias
     probs = K.causal_softmax_(scores)  # (B, H, T, T), in place: rows sum to 1, 0 above the diagonal
-    mask = None
-    att = probs
-    if dropout_p > 0.0:  # the same draws as the numpy op, so a fixed generator gives the same masks
-        keep = rng.random(probs.shape) >= dropout_p
-        mask = keep.astype(probs.dtype) * (1.0 / (1.0 - dropout_p))
-        att = probs * mask
+    att, mask = attention_dropout(probs, dropout_p, rng)  # (B, H, T, T), mask or None
     y = att @ v  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd)
     return merge_heads(y), probs, mask  # (B, T, C)
 

@@ -45,6 +45,16 @@ def merge_heads(y):
     return y.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
 
 
+def attention_dropout(probs, dropout_p, rng):
+    """Dropout on the attention probabilities -> (probs to use, mask or None). The mask holds 0 or
+    1 / (1 - p), so the kept weights are rescaled; ``rng`` draws it (the fused kernels draw the same)."""
+    if dropout_p <= 0.0:
+        return probs, None
+    keep = rng.random(probs.shape) >= dropout_p
+    mask = keep.astype(probs.dtype) * (1.0 / (1.0 - dropout_p))
+    return probs * mask, mask
+
+
 def attention_forward(qkv, n_heads, bias=None, dropout_p=0.0, rng=None):
     """Causal self-attention. ``qkv`` (B, T, 3C); ``bias`` broadcastable to (B, H, T, T) or None.
 
@@ -59,12 +69,7 @@ def attention_forward(qkv, n_heads, bias=None, dropout_p=0.0, rng=None):
         scores += bias
     scores += causal_mask(T, scores.dtype)  # future positions -> -inf
     probs = softmax_forward(scores, out=scores)  # (B, H, T, T), each row sums to 1 (in place)
-    mask = None
-    att = probs
-    if dropout_p > 0.0:
-        keep = rng.random(probs.shape) >= dropout_p
-        mask = keep.astype(probs.dtype) * (1.0 / (1.0 - dropout_p))
-        att = probs * mask
+    att, mask = attention_dropout(probs, dropout_p, rng)  # (B, H, T, T), mask or None
     y = att @ v  # (B, H, T, T) @ (B, H, T, hd) -> (B, H, T, hd)
     return merge_heads(y), probs, mask  # (B, T, C)
 
