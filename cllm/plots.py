@@ -14,6 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+# One colour for one meaning across every figure of the course: the residual stream (the sum that
+# runs through all blocks) and what a branch (attention, MLP, a head) computes from it.
+RESIDUAL_COLOUR = "tab:blue"
+BRANCH_COLOUR = "tab:orange"
+
 
 def _plt():
     import matplotlib
