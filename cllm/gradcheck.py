@@ -77,6 +77,26 @@ def _entries(shape, max_entries, rng):
     return np.sort(rng.choice(size, size=max_entries, replace=False))
 
 
+def numeric_gradient(loss_fn, array, h=1e-5, entries=None) -> np.ndarray:
+    """Centred differences (L(w + h e_i) - L(w - h e_i)) / 2h of ``loss_fn()`` for the flat ``entries``
+    of ``array`` (default: all, returned in ``array``'s shape), nudging it in place and restoring each
+    entry exactly. An entry of -inf (a masked score) stays -inf when nudged, so it gets 0."""
+    flat = array.reshape(-1)  # a view: writing to it changes the array
+    if not np.shares_memory(flat, array):
+        raise ValueError("cannot perturb a non-contiguous array in place")
+    chosen = np.arange(array.size) if entries is None else entries
+    numeric = np.empty(len(chosen))
+    for j, i in enumerate(chosen):
+        old = flat[i]
+        flat[i] = old + h
+        lp = float(loss_fn())
+        flat[i] = old - h
+        lm = float(loss_fn())
+        flat[i] = old  # restore exactly
+        numeric[j] = (lp - lm) / (2.0 * h)
+    return numeric.reshape(array.shape) if entries is None else numeric
+
+
 def gradcheck(loss_fn, params: dict, analytic: dict, h=1e-5, max_entries=None, seed=0, names=None) -> GradcheckReport:
     """Compare ``analytic`` gradients with centred finite differences of ``loss_fn``.
 
@@ -95,15 +115,7 @@ def gradcheck(loss_fn, params: dict, analytic: dict, h=1e-5, max_entries=None, s
         if not np.shares_memory(flat, p):
             raise ValueError(f"{name}: cannot perturb a non-contiguous array in place")
         chosen = _entries(p.shape, max_entries, rng)
-        numeric = np.empty(chosen.size)
-        for j, i in enumerate(chosen):
-            old = flat[i]
-            flat[i] = old + h
-            lp = float(loss_fn())
-            flat[i] = old - h
-            lm = float(loss_fn())
-            flat[i] = old  # restore exactly
-            numeric[j] = (lp - lm) / (2.0 * h)
+        numeric = numeric_gradient(loss_fn, p, h, chosen)
         a = np.asarray(analytic[name], dtype=np.float64).reshape(-1)[chosen]
         report.rows.append(GradcheckRow(name, tuple(p.shape), int(chosen.size),
                                         float(np.max(np.abs(a - numeric))) if chosen.size else 0.0,
