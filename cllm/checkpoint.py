@@ -554,10 +554,10 @@ def _open(ckpt: Path, name: str, opened: dict) -> None:
         pass  # reported as missing by _read_verified
 
 
-def _open_all(ckpt: Path, files: Mapping, opened: dict) -> None:
+def _open_all(ckpt: Path, files: Mapping, opened: dict, names=_REQUIRED + _OPTIONAL) -> None:
     """Open every file the manifest lists before any is read: a file that is open can be read to the
     end even when a concurrent save retires (renames and deletes) its folder meanwhile."""
-    for name in _REQUIRED + _OPTIONAL:
+    for name in names:
         if name in files and name not in opened:
             _open(ckpt, name, opened)
 
@@ -681,19 +681,157 @@ def _load_dir(ckpt: Path, opened: dict) -> Checkpoint:
     if isinstance(sstep, bool) or sstep != step:
         raise CheckpointError(f"{tpath}: the trainer state's step {sstep!r} disagrees with manifest.json's step {step}")
 
-    tokenizer = None
-    if "tokenizer.json" in files:
-        kpath = ckpt / "tokenizer.json"
-        tokenizer = _parse_json(kpath, _read_verified(opened, ckpt, "tokenizer.json", files))
-        from .tokenizer import tokenizer_from_dict
-
-        try:
-            tok = tokenizer_from_dict(tokenizer)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise CheckpointError(f"{kpath}: not a valid tokenizer ({exc})") from None
-        if tok.vocab_size > mcfg.vocab_size:
-            raise CheckpointError(
-                f"{kpath}: {tok.vocab_size} tokens, more than config.json's vocab_size {mcfg.vocab_size}")
-
+    tokenizer = _read_tokenizer(ckpt, opened, files, mcfg)
     return Checkpoint(step=int(step), params=params, opt_state=opt_state, model_cfg=config["model"],
                       train_cfg=train_cfg, tokenizer=tokenizer, trainer_state=trainer["state"], path=ckpt)
+
+
+def _read_tokenizer(ckpt: Path, opened: Mapping, files: Mapping, mcfg: ModelConfig) -> Optional[dict]:
+    """tokenizer.json's dict (None when the manifest lists none), checked to build a tokenizer that
+    fits the model's vocabulary."""
+    if "tokenizer.json" not in files:
+        return None
+    kpath = ckpt / "tokenizer.json"
+    tokenizer = _parse_json(kpath, _read_verified(opened, ckpt, "tokenizer.json", files))
+    from .tokenizer import tokenizer_from_dict
+
+    try:
+        tok = tokenizer_from_dict(tokenizer)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{kpath}: not a valid tokenizer ({exc})") from None
+    if tok.vocab_size > mcfg.vocab_size:
+        raise CheckpointError(
+            f"{kpath}: {tok.vocab_size} tokens, more than config.json's vocab_size {mcfg.vocab_size}")
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------
+# weights: a trained model to ship or share, without optimizer or trainer state
+#
+#   folder/
+#     params.npz       the parameters, stored in float16, float32 or float64 (``dtype``)
+#     config.json      {"model": ModelConfig.to_dict(), "train": TrainConfig.to_dict() | null}
+#     tokenizer.json   tokenizer.to_dict() (absent when none was given)
+#     record.json      how the weights were made and what they measured (free-form JSON object)
+#     manifest.json    {"format": "cllm-weights", "version", "dtype", "files": {name: {"bytes", "sha256"}}}
+#
+# Written into a temporary sibling folder and renamed into place, so a folder of weights appears
+# complete or not at all; read with the same size, checksum and shape checks as a checkpoint.
+
+WEIGHTS_FORMAT = "cllm-weights"
+_WEIGHTS_FILES = ("params.npz", "config.json", "tokenizer.json", "record.json")
+_WEIGHT_DTYPES = ("float16", "float32", "float64")
+
+
+@dataclass
+class Weights:
+    """What ``load_weights`` read back: the parameters in the model's dtype (``stored_dtype`` is how
+    they were stored), the configurations and tokenizer as plain dicts, and the record."""
+
+    params: dict
+    model_cfg: dict
+    train_cfg: Optional[dict]
+    tokenizer: Optional[dict]
+    record: dict
+    stored_dtype: str
+    path: Optional[Path] = field(default=None, compare=False)
+
+
+def save_weights(folder, params: Mapping[str, np.ndarray], model_cfg: Mapping, train_cfg: Optional[Mapping] = None,
+                 tokenizer_dict: Optional[Mapping] = None, record: Optional[Mapping] = None,
+                 dtype: str = "float16") -> Path:
+    """Write the parameters (rounded to ``dtype``), configurations, tokenizer and ``record`` to a new
+    ``folder`` (which must not exist yet), atomically. Returns the folder."""
+    if dtype not in _WEIGHT_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_WEIGHT_DTYPES)}, got {dtype!r}")
+    model_cfg = dict(model_cfg)
+    mcfg = ModelConfig.from_dict(model_cfg)
+    params = _check_params("params", mcfg, _check_arrays("params", params))
+    stored = {}
+    for name, arr in params.items():
+        with np.errstate(over="ignore"):
+            low = arr.astype(dtype)
+        if not np.all(np.isfinite(low)):
+            raise ValueError(f"params: {name!r} does not fit in {dtype} (overflows to inf or is not finite)")
+        stored[name] = low
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder}: already exists; weights are written to a new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _mkdtemp(f"{_TMP_PREFIX}{folder.name}-", folder.parent)
+    try:
+        _write_npz(tmp / "params.npz", stored)
+        _write_bytes(tmp / "config.json", _dumps({"model": model_cfg,
+                                                   "train": None if train_cfg is None else dict(train_cfg)}))
+        if tokenizer_dict is not None:
+            _write_bytes(tmp / "tokenizer.json", _dumps(dict(tokenizer_dict)))
+        _write_bytes(tmp / "record.json", _dumps(dict(record or {})))
+        names = [n for n in _WEIGHTS_FILES if (tmp / n).exists()]
+        manifest = {"format": WEIGHTS_FORMAT, "version": VERSION, "dtype": dtype,
+                    "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in names}}
+        _write_bytes(tmp / "manifest.json", _dumps(manifest))
+        _fsync_dir(tmp)
+        os.rename(tmp, folder)  # fails, leaving nothing, if the folder appeared meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(folder.parent)
+    return folder
+
+
+def load_weights(folder) -> Weights:
+    """Load and verify a folder written by :func:`save_weights`; the parameters come back in the
+    configuration's dtype. CheckpointError (one line naming the file) for anything missing or wrong."""
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder of weights")
+    opened: dict = {}
+    try:
+        _open(folder, "manifest.json", opened)
+        if "manifest.json" not in opened:
+            raise CheckpointError(f"{mpath}: missing")
+        manifest = _parse_json(mpath, opened["manifest.json"].read())
+        if not isinstance(manifest, dict) or manifest.get("format") != WEIGHTS_FORMAT \
+                or not isinstance(manifest.get("files"), dict):
+            raise CheckpointError(f"{mpath}: not a {WEIGHTS_FORMAT} manifest")
+        if manifest.get("version") != VERSION:
+            raise CheckpointError(f"{mpath}: format version {manifest.get('version')!r}, this code reads {VERSION}")
+        stored_dtype = manifest.get("dtype")
+        if stored_dtype not in _WEIGHT_DTYPES:
+            raise CheckpointError(f"{mpath}: dtype must be one of {', '.join(_WEIGHT_DTYPES)}, got {stored_dtype!r}")
+        files = manifest["files"]
+        _open_all(folder, files, opened, _WEIGHTS_FILES)
+
+        cpath = folder / "config.json"
+        config = _parse_json(cpath, _read_verified(opened, folder, "config.json", files))
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            raise CheckpointError(f"{cpath}: no 'model' configuration")
+        try:
+            mcfg = ModelConfig.from_dict(config["model"])
+            if config.get("train") is not None:
+                TrainConfig.from_dict(config["train"])
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{cpath}: invalid configuration ({exc})") from None
+        from .activations import check_memory, param_count
+
+        check_memory(param_count(mcfg) * (np.dtype(mcfg.dtype).itemsize + np.dtype(stored_dtype).itemsize),
+                     f"{cpath}: loading a model of {param_count(mcfg):,} parameters")
+
+        ppath = folder / "params.npz"
+        raw = _parse_npz(ppath, _read_verified(opened, folder, "params.npz", files))
+        for name, arr in raw.items():
+            if arr.dtype != np.dtype(stored_dtype):
+                raise CheckpointError(f"{ppath}: tensor {name!r} has dtype {arr.dtype}, manifest.json says {stored_dtype}")
+        params = _check_params(ppath, mcfg, {k: v.astype(mcfg.dtype) for k, v in raw.items()})
+
+        rpath = folder / "record.json"
+        record = _parse_json(rpath, _read_verified(opened, folder, "record.json", files))
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{rpath}: not a JSON object")
+        tokenizer = _read_tokenizer(folder, opened, files, mcfg)
+    finally:
+        for f in opened.values():
+            f.close()
+    return Weights(params=params, model_cfg=config["model"], train_cfg=config.get("train"), tokenizer=tokenizer,
+                   record=record, stored_dtype=stored_dtype, path=folder)
