@@ -412,7 +412,7 @@ def _run_and_report(args, trainer, plan, val_ids, val_bpt) -> int:
 # ---------------------------------------------------------------------------------------------- generate
 def cmd_generate(args):
     from .activations import check_memory, generation_bytes, param_count
-    from .checkpoint import load_checkpoint
+    from .checkpoint import is_weights_folder, load_checkpoint, load_weights
     from .config import ModelConfig
     from .generate import check_sampling, generate
     from .model import Model
@@ -424,7 +424,11 @@ def cmd_generate(args):
                        names=("--temperature", "--top-k", "--top-p", "--tokens"))
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    ck = load_checkpoint(args.checkpoint)
+    if args.pretrained:
+        from .pretrained import MAIN_JOB
+
+        args.checkpoint = str(MAIN_JOB)
+    ck = load_weights(args.checkpoint) if is_weights_folder(args.checkpoint) else load_checkpoint(args.checkpoint)
     if ck.tokenizer is None:
         raise UserError(f"{args.checkpoint}: the checkpoint has no tokenizer.json")
     tok = tokenizer_from_dict(ck.tokenizer)
@@ -532,7 +536,10 @@ def build_parser():
     _add_train_args(t)
     t.set_defaults(func=cmd_train)
     g = sub.add_parser("generate", help="sample text from a checkpoint")
-    g.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a run directory, a checkpoint directory or a folder of weights")
+    src.add_argument("--pretrained", action="store_true",
+                     help="the shipped model (the main job's weights, cllm/pretrained/main_job)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--tokens", type=_nonneg_int, default=200)
     g.add_argument("--temperature", type=_float, default=0.8)

@@ -779,6 +779,16 @@ def save_weights(folder, params: Mapping[str, np.ndarray], model_cfg: Mapping, t
     return folder
 
 
+def is_weights_folder(path) -> bool:
+    """True when ``path`` is a folder whose manifest.json says it holds weights (not a checkpoint)."""
+    try:
+        with open(Path(path) / "manifest.json", "rb") as f:
+            manifest = json.loads(f.read(1 << 16).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == WEIGHTS_FORMAT
+
+
 def load_weights(folder) -> Weights:
     """Load and verify a folder written by :func:`save_weights`; the parameters come back in the
     configuration's dtype. CheckpointError (one line naming the file) for anything missing or wrong."""

@@ -361,3 +361,23 @@ def test_an_overflowing_update_stops_the_run_without_saving_it(capsys, tmp_path,
     assert len(line) == 1 and "step 1: parameter" in line[0] and "not finite" in line[0], err
     assert "last good checkpoint" not in line[0]
     assert not (out / "latest").exists() and not list((out / "checkpoints").glob("step_*"))
+
+
+def test_generate_from_the_shipped_model(capsys, tmp_path):
+    """--pretrained samples from cllm/pretrained/main_job, as --checkpoint of that folder does; a
+    damaged copy of the folder is refused in one line."""
+    import shutil
+
+    from cllm.pretrained import MAIN_JOB
+
+    code, out, _ = run_cli(capsys, ["generate", "--pretrained", "--prompt", "The ", "--tokens", "40", "--seed", "1"])
+    assert code == 0 and out.startswith("The ") and len(out.rstrip("\n")) >= 40
+    code, again, _ = run_cli(capsys, ["generate", "--checkpoint", str(MAIN_JOB), "--prompt", "The ",
+                                      "--tokens", "40", "--seed", "1"])
+    assert code == 0 and again == out
+    assert_user_error(capsys, ["generate", "--pretrained", "--checkpoint", str(MAIN_JOB), "--prompt", "a"],
+                      "not allowed with argument --pretrained")
+    copy = tmp_path / "weights"
+    shutil.copytree(MAIN_JOB, copy)
+    (copy / "params.npz").write_bytes(b"PK" + b"\0" * 100)
+    assert_user_error(capsys, ["generate", "--checkpoint", str(copy), "--prompt", "a"], "params.npz")
