@@ -11,9 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 CHAPTERS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 DERIVE = {"05": "cross_entropy", "06": "softmax", "07": "layernorm"}  # chapter -> exercise of cllm.course.derive
-# Chapters of the second edition so far (issue 17 is open): their exercises have worked solutions.
-# The others join this list as their solutions notebooks land; the derive-it-yourself test waits for 05-07.
-SOLVED = ("00", "01", "02", "03")
+# Chapters whose solutions notebook has landed (the second edition is being written chapter by chapter).
+SOLVED = tuple(p.name[:2] for p in sorted((NOTEBOOKS / "solutions").glob("[0-9][0-9]_*.ipynb")))
 
 
 def _cells(path):
