@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 CHAPTERS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 DERIVE = {"05": "cross_entropy", "06": "softmax", "07": "layernorm"}  # chapter -> exercise of cllm.course.derive
-# Chapters whose solutions notebook has landed (the second edition is being written chapter by chapter).
+# Chapters that have a solutions notebook: their exercises must all be solved in it.
 SOLVED = tuple(p.name[:2] for p in sorted((NOTEBOOKS / "solutions").glob("[0-9][0-9]_*.ipynb")))
 
 
