@@ -183,14 +183,14 @@ def test_attention(F, dtype, bias, dropout):
 
 @needs_numba
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("ignore", [None, 3])
+@pytest.mark.parametrize("ignore", [None, 3, -100])
 def test_cross_entropy(F, dtype, ignore):
     rng = np.random.default_rng(3)
     logits = (rng.standard_normal((3, 11, 70)) * 4).astype(dtype)
     logits[0, 0, :] = 1e4  # large logits stay finite (log-sum-exp after the max)
     logits[0, 1, 5] = -1e4
     targets = rng.integers(0, 70, (3, 11))
-    targets[1, :4] = 3  # some rows with the ignore index
+    targets[1, :4] = 3 if ignore is None else ignore  # some rows with the ignore index
     l_ref, p_ref = ops.cross_entropy_forward(logits, targets, ignore)
     l_got, p_got = F.cross_entropy_forward(logits, targets, ignore)
     assert np.isfinite(l_got) and abs(l_got - l_ref) <= TOL[dtype] * abs(l_ref)
@@ -202,6 +202,12 @@ def test_cross_entropy(F, dtype, ignore):
         assert np.all(d_got[targets == ignore] == 0)
     all_ignored = np.full_like(targets, 3)
     assert F.cross_entropy_forward(logits, all_ignored, 3)[0] == ops.cross_entropy_forward(logits, all_ignored, 3)[0] == 0.0
+    for bad in (70, -2):  # outside the vocabulary: the same one-line error as the numpy op, no kernel read
+        targets[2, 5] = bad
+        with pytest.raises(ValueError, match=r"targets must be classes in \[0, 70\)"):
+            F.cross_entropy_forward(logits, targets, ignore)
+        with pytest.raises(ValueError, match=r"targets must be classes in \[0, 70\)"):
+            F.cross_entropy_backward(p_ref, targets, ignore)
 
 
 @needs_numba

@@ -176,11 +176,13 @@ def test_residual(rng):
     assert_report(check_op(ops.residual_forward, bwd, inputs))
 
 
-@pytest.mark.parametrize("ignore", [None, 2])
+@pytest.mark.parametrize("ignore", [None, 2, -1, -100])
 def test_cross_entropy(rng, ignore):
     logits = rng.standard_normal((3, 4, 7)) * 2
     targets = rng.integers(0, 7, (3, 4))
     targets[0, 0] = 2
+    if ignore is not None and ignore < 0:
+        targets[1, :3] = ignore                        # an ignore index outside [0, V), as PyTorch's -100
     inputs = dict(logits=logits)
     report = check_op(lambda logits: np.array(ops.cross_entropy_forward(logits, targets, ignore)[0]),
                       lambda d: dict(logits=d * ops.cross_entropy_backward(
@@ -188,9 +190,21 @@ def test_cross_entropy(rng, ignore):
     assert_report(report)
     # the value itself: mean of -log softmax at the targets
     lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    nll = -np.take_along_axis(lp, targets[..., None], -1)[..., 0]
     keep = np.ones_like(targets, bool) if ignore is None else targets != ignore
+    nll = -np.take_along_axis(lp, np.where(keep, targets, 0)[..., None], -1)[..., 0]
     assert abs(ops.cross_entropy_forward(logits, targets, ignore)[0] - nll[keep].mean()) < 1e-12
+    d = ops.cross_entropy_backward(ops.cross_entropy_forward(logits, targets, ignore)[1], targets, ignore)
+    assert np.all(d[~keep] == 0) and np.all(d[keep] != 0)  # ignored rows get no gradient, scored rows do
+
+
+def test_cross_entropy_rejects_targets_outside_the_vocabulary(rng):
+    logits = rng.standard_normal((2, 5))
+    probs = ops.cross_entropy_forward(logits, np.array([1, 4]))[1]
+    for bad, ignore in (([1, 5], None), ([-1, 2], None), ([-2, 2], -1), ([7, -100], -100)):
+        with pytest.raises(ValueError, match=r"targets must be classes in \[0, 5\)"):
+            ops.cross_entropy_forward(logits, np.array(bad), ignore)
+        with pytest.raises(ValueError, match=r"targets must be classes in \[0, 5\)"):
+            ops.cross_entropy_backward(probs, np.array(bad), ignore)
 
 
 def test_cross_entropy_extreme_logits():

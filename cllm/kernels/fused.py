@@ -14,6 +14,7 @@ import numba
 import numpy as np
 
 from ..ops.attention import attention_dropout, merge_heads, split_heads
+from ..ops.cross_entropy import scored_targets
 from ..ops.layernorm import LN_EPS
 from . import _numba as K
 from ._threads import threads
@@ -182,6 +183,7 @@ def cross_entropy_forward(logits, targets, ignore_index=None):
     """As :func:`cllm.ops.cross_entropy_forward`: (loss as a float, probs)."""
     sync_threads(logits.size)
     V = logits.shape[-1]
+    scored_targets(targets, V, ignore_index)  # a ValueError for a target outside [0, V), before any kernel reads it
     t = _c(targets).reshape(-1).astype(np.int64, copy=False)  # (N,)
     probs, nll, n_valid = K.cross_entropy_forward(_c(logits).reshape(-1, V), t, ignore_index is not None,
                                                   0 if ignore_index is None else int(ignore_index))
@@ -193,8 +195,9 @@ def cross_entropy_backward(probs, targets, ignore_index=None):
     """As :func:`cllm.ops.cross_entropy_backward`."""
     sync_threads(probs.size)
     V = probs.shape[-1]
+    _, valid = scored_targets(targets, V, ignore_index)  # (N,); a ValueError for a target outside [0, V)
     t = _c(targets).reshape(-1).astype(np.int64, copy=False)  # (N,)
-    n_valid = t.shape[0] if ignore_index is None else int((t != ignore_index).sum())
+    n_valid = int(valid.sum())
     d = K.cross_entropy_backward(_c(probs).reshape(-1, V), t, ignore_index is not None,
                                  0 if ignore_index is None else int(ignore_index), 1.0 / max(n_valid, 1))
     return d.reshape(probs.shape)
