@@ -185,7 +185,11 @@ def _panels(plt, n: int, axes=None):
 def plot_lattice_experiment(runs: list, summary: dict, path=None, axes=None):
     """Validation (subset) loss against step: mean line and +-1 std band per variant, one panel per
     level, the level's threshold dashed (see :mod:`cllm.lab.lattice_experiment`). Saved as PNG when
-    ``path`` is given. Returns the figure."""
+    ``path`` is given. Returns the figure.
+
+    The y-axis spans every band from the first evaluation after step 0 to the end, so the early steps
+    (where the factorised embeddings lead) stay in view; only step 0, the same ``log V`` for every
+    variant, may run off the top."""
     plt = _plt()
     levels = list(summary)
     axes = _panels(plt, len(levels), axes)
@@ -202,8 +206,8 @@ def plot_lattice_experiment(runs: list, summary: dict, path=None, axes=None):
             c = colors.get(variant)
             ax.plot(steps, mean, color=c, ls=styles.get(variant, "-"), lw=1.6, label=f"{variant} (n={len(vr)})")
             ax.fill_between(steps, mean - std, mean + std, color=c, alpha=0.2, lw=0)
-            late = steps >= max(steps[-1] * 0.1, steps[1] if len(steps) > 1 else 0)
-            lo, hi = min(lo, float((mean - std)[late].min())), max(hi, float((mean + std)[late].max()))
+            shown = steps > steps[0] if len(steps) > 1 else np.ones(len(steps), dtype=bool)   # all but step 0
+            lo, hi = min(lo, float((mean - std)[shown].min())), max(hi, float((mean + std)[shown].max()))
         thr = summary[level]["threshold"]
         ax.axhline(thr, color="gray", ls="--", lw=1, label=f"threshold {thr:.2f}")
         if math.isfinite(lo) and hi > lo:

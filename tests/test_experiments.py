@@ -117,3 +117,20 @@ def test_rejects_bad_arguments(tmp_path):
         ex.run_lattice(seeds=0, out=tmp_path)
     with pytest.raises(ValueError):
         ex.run_lattice(variants=("bogus",), out=tmp_path)
+
+
+def test_figure_keeps_the_early_steps_in_view():
+    """The y-axis spans every band after step 0, so an early lead is visible; step 0 may run off the top."""
+    from cllm.plots import close, plot_lattice_experiment
+
+    steps = list(range(0, 401, 20))                  # the experiment's grid: step 20 is 5% of the run
+    tail = list(np.linspace(2.9, 2.7, len(steps) - 3))
+    early = {"learned": [4.6, 3.8, 3.1] + tail, "lattice": [4.6, 3.4, 3.0] + [x + 0.1 for x in tail]}
+    runs = [dict(level="char", variant=v, seed=s, val_step=steps, val_loss=[x + 0.01 * s for x in curve])
+            for v, curve in early.items() for s in (0, 1)]
+    summary = {"char": {"variants": list(early), "threshold": 2.85}}
+    fig = plot_lattice_experiment(runs, summary)
+    lo, hi = fig.axes[0].get_ylim()
+    close(fig)
+    assert hi > 3.8 + 0.01 and lo < 2.7            # the learned curve at step 20 and the lowest point are shown
+    assert hi < 4.6                                 # step 0 (log V for all) does not set the scale
