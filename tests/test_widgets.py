@@ -14,7 +14,7 @@ import pytest
 import cllm
 from cllm.course.explorer import (ExplorerSettings, prepare_data, results_text, run_training, settings_to_configs,
                            smooth)
-from cllm.course.stepthrough import StepThrough, heatmap_array, tiny_demo
+from cllm.course.stepthrough import StepThrough, heatmap_array, plot_heatmap, tiny_demo, token_labels, token_text
 
 W = pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
@@ -231,19 +231,75 @@ def test_step_widget_buttons_and_slider(stepped):
     view = StepThroughWidget(st)
     for attr, css in STEP_CSS_CLASSES.items():
         assert css in getattr(view, attr)._dom_classes, attr
-    assert "forward 1/32: h.0.ln_1.in (2, 8, 16)" in view.label.value and view.prev_button.disabled
+    # the phase word is shown once, in its own colour, and the label beside it carries the rest
+    assert ">forward<" in view.phase.value and "forward" not in view.label.value
+    assert "<code>1/32: h.0.ln_1.in (2, 8, 16)</code>" == view.label.value and view.prev_button.disabled
     first_png = view.heatmap.value
     assert first_png[:4] == b"\x89PNG"
     view.next_button.click()
     view.next_button.click()
-    assert view.slider.value == 2 and "forward 3/32: h.0.ln_1.rstd" in view.label.value
+    assert view.slider.value == 2 and "3/32: h.0.ln_1.rstd" in view.label.value
     assert ">forward<" in view.phase.value and "mean" in view.stats.value and view.heatmap.value != first_png
     view.slider.value = 32  # the slider moves the walk too
-    assert st.position == 32 and "backward 1/19: logits" in view.label.value and ">backward<" in view.phase.value
+    assert st.position == 32 and ">backward<" in view.phase.value
+    assert view.label.value == "<code>1/19: logits (2, 8, 11)</code>"  # not "backward backward 1/19"
     view.prev_button.click()
     assert st.position == 31 and view.slider.value == 31
     view.slider.value = 50
     assert view.next_button.disabled and not view.prev_button.disabled
+
+
+def test_label_in_phase_is_the_label_without_its_phase_word(stepped):
+    st = stepped[0]
+    for i in range(len(st)):
+        d = st.describe(i)
+        assert d["label"] == f"{d['phase']} {d['in_phase']}" and not d["in_phase"].startswith(d["phase"])
+    assert st.describe(32)["in_phase"] == "1/19: logits (2, 8, 11)"
+
+
+def test_token_text_makes_whitespace_visible():
+    assert token_text(" ") == "\u2423" and token_text("\n") == "\\n" and token_text("\t") == "\\t"
+    assert token_text("a") == "a" and token_text('"') == '"' and token_text("\u2019") == "\u2019"
+    assert token_text("\x07") == "\\x07" and token_text("") == "\u2205"
+    assert token_text(" the\n") == "\u2423the\\n"   # a multi-character (BPE) token
+    tok = cllm.CharTokenizer.fit("ab \nc")
+    assert token_labels(tok, tok.encode("a b\n")) == ["a", "\u2423", "b", "\\n"]
+    assert token_labels(tok, np.arange(tok.vocab_size)) == ["\\n", "\u2423", "a", "b", "c"]
+
+
+def test_heatmap_axes_show_the_characters():
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    st, model, tok, text = tiny_demo()
+    chars = st.position_labels()
+    assert chars == [token_text(c) for c in text[:8]] and chars[3] == "\u2423"  # 'The "whi': a visible space
+    vocab = st.vocab_labels()
+    assert len(vocab) == tok.vocab_size and vocab[:2] == ["\\n", "\u2423"]
+
+    def ticks(position):
+        ax = Figure().add_subplot()
+        st.plot_heatmap(ax, position)
+        return [t.get_text() for t in ax.get_yticklabels()], [t.get_text() for t in ax.get_xticklabels()], ax
+
+    names = st.names()
+    probs = names.index("h.0.attn.probs")
+    rows, cols, ax = ticks(probs)             # attention: query rows and key columns are characters
+    assert rows == chars and cols == chars and "query position" in ax.get_ylabel()
+    rows, cols, ax = ticks(names.index("probs"))   # the predicted distribution: positions x vocabulary
+    assert rows == chars and cols == vocab and ax.get_xlabel() == "next token"
+    rows, cols, _ = ticks(len(st) - 1)        # d loss / d h.0.ln_1.in: positions x channels
+    assert rows == chars and "\u2423" not in cols
+    rows, cols, _ = ticks(names.index("h.0.ln_1.rstd"))  # (B, T): batch rows, no characters
+    assert "\u2423" not in rows + cols
+    # without a tokenizer the axes keep their numbers
+    bare = StepThrough(st.steps, idx=st.idx)
+    assert bare.position_labels() is None and bare.vocab_labels() is None
+    ax = Figure().add_subplot()
+    plot_heatmap(ax, st.steps[probs])
+    assert [t.get_text() for t in ax.get_xticklabels()] != chars
+    assert st.heatmap_png(probs)[:4] == b"\x89PNG"
 
 
 def test_tiny_demo_on_real_text():

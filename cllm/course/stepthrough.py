@@ -5,6 +5,7 @@
     st.current()           # {"phase": "forward", "name": ..., "shape": ..., "stats": {...}, ...}
     st.next(); st.prev()   # move one op along; forward first, then backward
     heatmap_array(a)       # the 2-D slice of an activation that a heat map shows
+    st.position_labels()   # the characters of batch element 0, one per position: ['T', 'h', 'e', '␣', ...]
 
 The forward steps are the buffers of the real :class:`cllm.activations.ActivationStore`, in the order
 the forward pass wrote them (``acts.order``); the backward steps are the gradients with respect to
@@ -48,6 +49,31 @@ def heatmap_array(a) -> np.ndarray:
     return a
 
 
+# how a token's text is written on an axis: whitespace made visible, other control characters escaped
+_VISIBLE = {" ": "\u2423", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def token_text(text: str) -> str:
+    """``text`` (one token's text) as an axis label shows it: a space as '␣', a newline as '\\n', a tab
+    as '\\t', other control characters as their escape (``'\\x07'``), the empty string as '∅'."""
+    if text == "":
+        return "\u2205"
+    out = []
+    for ch in text:
+        if ch in _VISIBLE:
+            out.append(_VISIBLE[ch])
+        elif not ch.isprintable():
+            out.append(repr(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def token_labels(tokenizer, ids) -> list:
+    """One label per id: ``tokenizer.decode([id])`` of each id on its own, through :func:`token_text`."""
+    return [token_text(tokenizer.decode(np.array([int(i)], dtype=np.int64))) for i in np.ravel(ids)]
+
+
 # what each stored buffer is, by the last part of its name (l is the block index)
 _NOTES = {
     "ln_1.in": "the residual stream entering the block (for block 0: token + position embeddings)",
@@ -81,6 +107,16 @@ def buffer_note(phase: str, name: str) -> str:
             return "gradient at the logits: (softmax - one-hot) / number of targets, where backward starts"
         return f"gradient of the loss with respect to it ({note})"
     return note
+
+
+def _axis_kinds(name: str, ndim: int) -> tuple:
+    """What the rows and the columns of buffer ``name``'s heat map index: "position" (of batch element
+    0), "vocab" (a token id) or None (channels, units, batch elements)."""
+    if ndim >= 4:
+        return "position", "position"
+    if ndim == 3:
+        return "position", "vocab" if name.endswith(("logits", "probs")) else None
+    return None, None
 
 
 def _describe_axes(name: str, ndim: int) -> tuple:
@@ -173,13 +209,16 @@ class StepThrough:
 
     def describe(self, position: int) -> dict:
         """position, phase, name, shape, dtype, stats (mean, std, min, max), index_in_phase (1-based),
-        phase_length, label (``"forward 4/32: h.0.ln_1.out (2, 8, 16)"``) and note of step ``position``."""
+        phase_length, label (``"forward 4/32: h.0.ln_1.out (2, 8, 16)"``), the same label without its
+        phase word (``in_phase``: ``"4/32: h.0.ln_1.out (2, 8, 16)"``, for a view that shows the phase
+        on its own) and note of step ``position``."""
         phase, name, arr = self.steps[position]
         k, n = self._phase_index[position]
         shape = tuple(int(d) for d in arr.shape)
+        in_phase = f"{k}/{n}: {name} {shape}"
         return dict(position=position, phase=phase, name=name, shape=shape, dtype=str(arr.dtype),
                     stats=array_stats(arr), index_in_phase=k, phase_length=n,
-                    label=f"{phase} {k}/{n}: {name} {shape}", note=buffer_note(phase, name))
+                    label=f"{phase} {in_phase}", in_phase=in_phase, note=buffer_note(phase, name))
 
     def current(self) -> dict:
         return self.describe(self.position)
@@ -205,25 +244,73 @@ class StepThrough:
     def labels(self) -> list:
         return [self.label(i) for i in range(len(self.steps))]
 
+    def position_labels(self) -> Optional[list]:
+        """The text of each token of batch element 0 (what a heat map's position axis shows), or None
+        without a tokenizer or inputs."""
+        if self.tokenizer is None or self.idx is None:
+            return None
+        return token_labels(self.tokenizer, np.asarray(self.idx)[0])
+
+    def vocab_labels(self) -> Optional[list]:
+        """The text of every token id 0 .. V-1 (the columns of the logits and probs), or None."""
+        if self.tokenizer is None:
+            return None
+        return token_labels(self.tokenizer, np.arange(self.tokenizer.vocab_size))
+
+    def plot_heatmap(self, ax, step=None, **kwargs):
+        """:func:`plot_heatmap` of ``step`` (an index or None for the current step), its position and
+        vocabulary axes labelled with the tokens' text."""
+        step = self.steps[self.position if step is None else int(step)]
+        return plot_heatmap(ax, step, positions=self.position_labels(), vocab=self.vocab_labels(), **kwargs)
+
+    def heatmap_png(self, step=None, figsize=(5.5, 3.4), dpi=90) -> bytes:
+        """:func:`heatmap_png` of ``step`` (an index or None for the current step), with the tokens'
+        text on its position and vocabulary axes."""
+        step = self.steps[self.position if step is None else int(step)]
+        return heatmap_png(step, figsize, dpi, positions=self.position_labels(), vocab=self.vocab_labels())
+
 
 # ------------------------------------------------------------------------------------ pictures
-def plot_heatmap(ax, step: tuple, cmap=None, colorbar=True):
+def _tick_text(label: str) -> str:
+    return label.replace("$", r"\$")  # a lone '$' must not start matplotlib's mathtext
+
+
+def plot_heatmap(ax, step: tuple, cmap=None, colorbar=True, positions=None, vocab=None):
     """Heat map of a (phase, name, array) step on ``ax``: activations in a sequential colour map,
-    gradients in a diverging one centred on zero (so the sign of each entry can be read)."""
+    gradients in a diverging one centred on zero (so the sign of each entry can be read).
+
+    ``positions``: the text of batch element 0's tokens (see :meth:`StepThrough.position_labels`);
+    ``vocab``: the text of every token id. When given, an axis that indexes positions (attention's
+    query and key axes, the rows of a (B, T, C) tensor) or token ids (the columns of the logits and
+    probs) is ticked with that text instead of numbers."""
     from ..plots import plot_heatmap_2d
 
     phase, name, arr = step
     rows, cols = _describe_axes(name, np.ndim(arr))
     title = f"d loss / d {name}" if phase == "backward" else name
-    return plot_heatmap_2d(ax, heatmap_array(arr), f"{title}  {tuple(np.shape(arr))}", rows, cols,
-                           signed=phase == "backward", cmap=cmap, colorbar=colorbar)
+    a2 = heatmap_array(arr)
+    im = plot_heatmap_2d(ax, a2, f"{title}  {tuple(np.shape(arr))}", rows, cols,
+                         signed=phase == "backward", cmap=cmap, colorbar=colorbar)
+    text = {"position": positions, "vocab": vocab, None: None}
+    row_kind, col_kind = _axis_kinds(name, np.ndim(arr))
+    rows_text, cols_text = text[row_kind], text[col_kind]
+    if rows_text is not None and len(rows_text) == a2.shape[0]:
+        ax.set_yticks(range(a2.shape[0]))
+        ax.set_yticklabels([_tick_text(t) for t in rows_text], fontsize=8)
+    if cols_text is not None and len(cols_text) == a2.shape[1]:
+        ax.set_xticks(range(a2.shape[1]))
+        ax.set_xticklabels([_tick_text(t) for t in cols_text], fontsize=8 if a2.shape[1] <= 16 else 6)
+        if col_kind == "vocab":
+            ax.set_xlabel("next token", fontsize=8)
+    return im
 
 
-def heatmap_png(step: tuple, figsize=(5.5, 3.4), dpi=90) -> bytes:
+def heatmap_png(step: tuple, figsize=(5.5, 3.4), dpi=90, positions=None, vocab=None) -> bytes:
     """PNG bytes of :func:`plot_heatmap` (matplotlib's Agg canvas, no pyplot)."""
     from ..plots import figure_png
 
-    return figure_png(lambda ax: plot_heatmap(ax, step), figsize, dpi, margins=(0.12, 0.86, 0.14, 0.9))
+    return figure_png(lambda ax: plot_heatmap(ax, step, positions=positions, vocab=vocab), figsize, dpi,
+                      margins=(0.12, 0.86, 0.14, 0.9))
 
 
 # ------------------------------------------------------------------------------------ the demo

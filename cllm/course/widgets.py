@@ -27,7 +27,7 @@ import ipywidgets as W
 
 from .explorer import (EXPLORER_INITS, EXPLORER_OPTIMIZERS, ExplorerData, ExplorerSettings, RunResult,
                        figure_png, plot_live, plot_runs, prepare_data, results_table, settings_to_configs)
-from .stepthrough import StepThrough, heatmap_png
+from .stepthrough import StepThrough
 
 __all__ = ["Explorer", "StepThroughWidget", "EXPLORER_CSS_CLASSES", "STEP_CSS_CLASSES"]
 
@@ -326,8 +326,9 @@ class Explorer:
 
 class StepThroughWidget:
     """Prev / Next buttons and a slider over the steps of a :class:`StepThrough`, with the step's
-    phase, a label (``forward 4/32: h.0.ln_1.out (2, 8, 16)``), a line of statistics, one sentence on
-    what the tensor is, and a heat map (PNG).
+    phase and, beside it, the rest of its label (``4/32: h.0.ln_1.out (2, 8, 16)``, so together they
+    read as the label ``forward 4/32: ...``), a line of statistics, one sentence on what the tensor is,
+    and a heat map (PNG) with the tokens' text on its position and vocabulary axes.
 
     Attributes: ``stepper``, ``prev_button``, ``next_button``, ``slider``, ``phase``, ``label``,
     ``stats``, ``note``, ``heatmap``, ``widget``.
@@ -381,10 +382,10 @@ class StepThroughWidget:
                 self._syncing = False
         colour = "#1f5fa8" if info["phase"] == "forward" else "#c0392b"
         self.phase.value = f"<b style='color:{colour}'>{info['phase']}</b>"
-        self.label.value = f"<code>{html.escape(info['label'])}</code>"
+        self.label.value = f"<code>{html.escape(info['in_phase'])}</code>"   # the phase word is beside it
         self.stats.value = f"<code>{self.stepper.stats_text()}</code>"
         self.note.value = f"<i>{html.escape(info['note'])}</i>"
-        self.heatmap.value = heatmap_png(self.stepper.step())
+        self.heatmap.value = self.stepper.heatmap_png()
         self.prev_button.disabled = self.stepper.at_start
         self.next_button.disabled = self.stepper.at_end
         self.info = info

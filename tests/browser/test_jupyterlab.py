@@ -584,7 +584,7 @@ def test_step_through_walks_forward_then_backward(lab):
             """After ``how``, the view shows step ``i``: its label, phase, statistics and a new heat map
             (each step's heat map differs from the one shown before it)."""
             ph, name, _ = st.steps[i]
-            nb.wait_text(label, f"step label after {how}", st.label(i))
+            nb.wait_text(label, f"step label after {how}", st.describe(i)["in_phase"])  # the phase is beside it
             nb.wait_text(phase, f"phase after {how} (step {i}: {name})", ph)
             nb.wait_stats(stats, f"statistics line after {how} (step {i}: {name})", st.stats_text(i))
             if shown["position"] is not None and shown["position"] != i:
@@ -594,10 +594,10 @@ def test_step_through_walks_forward_then_backward(lab):
             shown["position"] = i
 
         # after Run All the view shows whichever step the notebook's last cells left it on
-        start = nb.text(label)
+        start = f"{nb.text(phase)} {nb.text(label)}"
         if start not in st.labels():
-            nb.fail(f"after running the notebook the step label shows {start!r}, which is none of the "
-                    f"{len(st)} steps of the tiny model's step-through")
+            nb.fail(f"after running the notebook the phase and step label read {start!r}, which is none of "
+                    f"the {len(st)} steps of the tiny model's step-through")
         expect(st.labels().index(start), "running the notebook")
         nb.set_readout(slider, "0", "step slider")
         expect(0, "typing 0 into the slider's readout")
