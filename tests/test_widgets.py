@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import cllm
-from cllm.course.explorer import (ExplorerSettings, prepare_data, results_text, run_training, settings_to_configs,
-                           smooth)
+from cllm.course.explorer import (EXPLORER_EMBEDDINGS, EXPLORER_INITS, ExplorerSettings, prepare_data,
+                                  results_text, run_training, settings_to_configs, smooth)
 from cllm.course.stepthrough import StepThrough, heatmap_array, plot_heatmap, tiny_demo, token_labels, token_text
+from cllm.lattice.model import tokenizer_codes
 
 W = pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
@@ -53,8 +54,46 @@ def test_settings_to_configs_maps_every_control():
     assert (m.init, m.embedding) == ("xavier", "learned")
     assert (t.lr, t.seq_len, t.batch_size, t.steps, t.optimizer, t.grad_clip, t.seed) == (
         2e-3, 24, 5, 100, "momentum", 0.5, 7)
-    m, _ = settings_to_configs(s.replace(init="lattice"), vocab_size=50)
-    assert (m.init, m.embedding) == ("gpt2", "lattice")
+    assert m.lattice_codes is None
+    codes = tuple(range(2, 52))
+    m, _ = settings_to_configs(s.replace(embedding="lattice"), vocab_size=50, lattice_codes=codes)
+    assert (m.init, m.embedding, m.lattice_codes) == ("xavier", "lattice", codes)  # init and embedding: independent
+    m, _ = settings_to_configs(s, vocab_size=50, lattice_codes=codes)
+    assert m.lattice_codes is None  # codes are for the lattice embedding only
+
+
+def test_init_and_embedding_are_separate_choices():
+    assert EXPLORER_INITS == cllm.config.INITS and "lattice" not in EXPLORER_INITS
+    assert EXPLORER_EMBEDDINGS == ("learned", "lattice")
+    with pytest.raises(ValueError, match=r"^init must be one of gpt2, xavier, he, got 'lattice' \(.*embedding='lattice'"):
+        settings_to_configs(FAST.replace(init="lattice"), vocab_size=50)
+
+
+def test_lattice_codes_come_from_tokenizer_codes(data):
+    assert data.lattice_codes == tokenizer_codes(data.tokenizer, data.train)
+    counts = np.bincount(data.train, minlength=data.vocab_size)
+    assert data.lattice_codes[int(np.argmax(counts))] == 2  # the most frequent character gets the first prime
+    s = FAST.replace(embedding="lattice", init="he")
+    m, _ = settings_to_configs(s, data.vocab_size, data.lattice_codes)
+    r = run_training(s, data)
+    assert r.model.cfg == m and r.model.cfg.lattice_codes == data.lattice_codes and r.model.cfg.init == "he"
+    np.testing.assert_array_equal(r.model.buffers["lattice.codes"], data.lattice_codes)
+    assert "lattice.proj" in r.model.params and "lattice-emb" in r.label
+    assert np.isfinite(r.final_val_loss) and r.final_val_loss != run_training(FAST, data).final_val_loss
+    own = tuple(cllm.lattice.first_primes(data.vocab_size).tolist())  # token i -> (i+1)-th prime
+    r_own = run_training(s, data, lattice_codes=own)
+    assert r_own.model.cfg.lattice_codes == own and r_own.final_val_loss != r.final_val_loss
+    assert run_training(FAST, data, lattice_codes=own).model.cfg.lattice_codes is None  # learned: codes unused
+
+
+@pytest.mark.parametrize("codes,words", [
+    ((2, 3, 5), r"^lattice_codes must hold one code per token \(50\), got shape \(3,\)$"),
+    (tuple(range(1, 51)), r"^lattice_codes entries must be >= 2, got 1$"),
+    ((2,) * 50, "distinct"),
+])
+def test_bad_lattice_codes_raise_a_clear_value_error(codes, words):
+    with pytest.raises(ValueError, match=words):
+        settings_to_configs(FAST.replace(embedding="lattice"), vocab_size=50, lattice_codes=codes)
 
 
 @pytest.mark.parametrize("change,words", [
@@ -62,6 +101,8 @@ def test_settings_to_configs_maps_every_control():
     (dict(lr=0.0), "learning rate"),
     (dict(optimizer="adam"), "optimizer"),
     (dict(init="orthogonal"), "init"),
+    (dict(embedding="prime"), r"^embedding must be one of learned, lattice, got 'prime'$"),
+    (dict(embedding="lattice"), r"^embedding 'lattice' needs the tokens' lattice codes"),
     (dict(grad_clip=-1.0), "clipping"),
     (dict(steps=0), "steps"),
 ])
@@ -102,8 +143,12 @@ def test_explorer_controls_and_css_classes(explorer):
     for attr, css in EXPLORER_CSS_CLASSES.items():
         assert css in getattr(explorer, attr)._dom_classes, attr
     assert explorer.settings() == FAST
-    explorer.set_settings(lr=1e-2, optimizer="sgd", init="lattice")
-    assert (explorer.lr.value, explorer.optimizer.value, explorer.init.value) == (1e-2, "sgd", "lattice")
+    assert list(explorer.init.options) == list(EXPLORER_INITS)
+    assert list(explorer.embedding.options) == ["learned", "lattice"]
+    explorer.set_settings(lr=1e-2, optimizer="sgd", init="he", embedding="lattice")
+    assert (explorer.lr.value, explorer.optimizer.value, explorer.init.value, explorer.embedding.value) == (
+        1e-2, "sgd", "he", "lattice")
+    assert explorer.settings() == FAST.replace(lr=1e-2, optimizer="sgd", init="he", embedding="lattice")
 
 
 def test_train_button_runs_in_a_thread_and_matches_a_direct_call(explorer, data):
@@ -131,6 +176,16 @@ def test_train_button_runs_in_a_thread_and_matches_a_direct_call(explorer, data)
     assert explorer.runs == [] and explorer.results.value == ""
     explorer.close()  # closes every widget of the tree
     assert explorer.widget.comm is None and explorer.lr.comm is None and explorer.plot.comm is None
+
+
+def test_embedding_control_trains_the_lattice_embedding(explorer, data):
+    explorer.embedding.value = "lattice"
+    explorer.train_button.click()
+    result = explorer.wait(timeout=60)
+    assert result.model.cfg.embedding == "lattice" and result.model.cfg.lattice_codes == data.lattice_codes
+    direct = run_training(FAST.replace(embedding="lattice"), data)
+    assert result.final_val_loss == direct.final_val_loss and result.sample == direct.sample
+    assert "lattice-emb" in explorer.results.value
 
 
 def test_stop_button_ends_the_run_cleanly(explorer):

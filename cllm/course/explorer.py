@@ -3,6 +3,8 @@
     data = prepare_data()                          # a char-level slice of the built-in corpus, once
     settings = ExplorerSettings(lr=3e-3, steps=60)
     model_cfg, train_cfg = settings_to_configs(settings, data.vocab_size)   # ValueError if invalid
+    lattice = settings.replace(embedding="lattice")  # the prime embedding needs each token's code:
+    model_cfg, _ = settings_to_configs(lattice, data.vocab_size, data.lattice_codes)  # tokenizer_codes(...)
     result = run_training(settings, data)          # synchronous; deterministic given the seed
     result.final_val_loss, result.sample, result.history
 
@@ -19,19 +21,20 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .._validate import is_int
-from ..config import INITS, OPTIMIZERS, ModelConfig, TrainConfig
+from .._validate import check_int, check_int_array, is_int
+from ..config import EMBEDDINGS, INITS, OPTIMIZERS, ModelConfig, TrainConfig
 from ..plots import figure_png, plot_live, plot_runs, smooth  # noqa: F401  (the explorer's pictures)
 
-#: the choices of the "init" control: the model's three initialisations, and "lattice", which keeps
-#: GPT-2's init for the weights but builds the token embedding from prime features
-#: (``ModelConfig(embedding="lattice")``)
-EXPLORER_INITS = tuple(INITS) + ("lattice",)
+#: the choices of the "init" control: how the weight matrices start (``ModelConfig.init``)
+EXPLORER_INITS = tuple(INITS)
+#: the choices of the "embedding" control: a learned table, or the prime (lattice) embedding
+#: E = F W + R of :mod:`cllm.lattice.model`, F built from the codes of ``tokenizer_codes``
+EXPLORER_EMBEDDINGS = tuple(EMBEDDINGS)
 EXPLORER_OPTIMIZERS = tuple(OPTIMIZERS)
 
 
@@ -48,6 +51,7 @@ class ExplorerSettings:
     steps: int = 150
     optimizer: str = "adamw"
     init: str = "gpt2"
+    embedding: str = "learned"
     grad_clip: float = 1.0  # 0: no clipping
     seed: int = 0
     # not shown as controls; part of the run all the same
@@ -71,15 +75,17 @@ class ExplorerSettings:
     def label(self) -> str:
         """A short description for legends and tables."""
         clip = f"clip {self.grad_clip:g}" if self.grad_clip > 0 else "no clip"
-        return (f"lr {self.lr:.1e} {self.optimizer} {self.init} L{self.n_layers} H{self.n_heads} "
+        emb = " lattice-emb" if self.embedding == "lattice" else ""
+        return (f"lr {self.lr:.1e} {self.optimizer} {self.init}{emb} L{self.n_layers} H{self.n_heads} "
                 f"C{self.d_model} T{self.seq_len} B{self.batch_size} {clip} seed {self.seed}")
 
 
-
-
-
-def settings_to_configs(settings: ExplorerSettings, vocab_size: int):
+def settings_to_configs(settings: ExplorerSettings, vocab_size: int, lattice_codes=None):
     """-> (ModelConfig, TrainConfig) for ``settings``; ValueError with a one-line reason if invalid.
+
+    ``lattice_codes`` (one integer >= 2 per token) is needed with ``embedding="lattice"`` only and
+    ignored otherwise; the explorer passes ``data.lattice_codes``, i.e.
+    ``cllm.lattice.model.tokenizer_codes(tokenizer, train_ids)`` (primes by training frequency).
 
     Choices made here: d_ff = 4 d_model, max_seq_len = seq_len, ``settings.dtype``; AdamW with a short warmup
     (a tenth of the steps, at most 20) then cosine decay to lr/10 at the last step; SGD and momentum
@@ -88,6 +94,7 @@ def settings_to_configs(settings: ExplorerSettings, vocab_size: int):
     s = settings
     if not isinstance(s, ExplorerSettings):
         raise ValueError(f"settings must be an ExplorerSettings, got {type(s).__name__}")
+    vocab_size = check_int("vocab_size", vocab_size, lo=1)
     for name in ("n_layers", "n_heads", "d_model", "seq_len", "batch_size", "steps", "eval_points",
                  "eval_max_batches"):
         v = getattr(s, name)
@@ -102,7 +109,18 @@ def settings_to_configs(settings: ExplorerSettings, vocab_size: int):
     if s.optimizer not in EXPLORER_OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(EXPLORER_OPTIMIZERS)}, got {s.optimizer!r}")
     if s.init not in EXPLORER_INITS:
-        raise ValueError(f"init must be one of {', '.join(EXPLORER_INITS)}, got {s.init!r}")
+        hint = " (the prime embedding is a setting of its own: embedding='lattice')" if s.init == "lattice" else ""
+        raise ValueError(f"init must be one of {', '.join(EXPLORER_INITS)}, got {s.init!r}{hint}")
+    if s.embedding not in EXPLORER_EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {', '.join(EXPLORER_EMBEDDINGS)}, got {s.embedding!r}")
+    lattice = s.embedding == "lattice"
+    if lattice:
+        if lattice_codes is None:
+            raise ValueError("embedding 'lattice' needs the tokens' lattice codes: pass "
+                             "lattice_codes=tokenizer_codes(tokenizer, train_ids) (or data.lattice_codes)")
+        codes = check_int_array("lattice_codes", lattice_codes, lo=2)
+        if codes.shape != (vocab_size,):
+            raise ValueError(f"lattice_codes must hold one code per token ({vocab_size}), got shape {codes.shape}")
     if not (isinstance(s.grad_clip, (int, float)) and math.isfinite(s.grad_clip) and s.grad_clip >= 0):
         raise ValueError(f"gradient clipping must be >= 0 (0 switches it off), got {s.grad_clip!r}")
     if not is_int(s.seed) or s.seed < 0:
@@ -111,11 +129,10 @@ def settings_to_configs(settings: ExplorerSettings, vocab_size: int):
         raise ValueError(f"sample_tokens must be a non-negative integer, got {s.sample_tokens!r}")
     if s.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {s.dtype!r}")
-    lattice = s.init == "lattice"
     model_cfg = ModelConfig(vocab_size=int(vocab_size), d_model=int(s.d_model), n_layers=int(s.n_layers),
                             n_heads=int(s.n_heads), d_ff=4 * int(s.d_model), max_seq_len=int(s.seq_len),
-                            dtype=s.dtype, init="gpt2" if lattice else s.init,
-                            embedding="lattice" if lattice else "learned")
+                            dtype=s.dtype, init=s.init, embedding=s.embedding,
+                            lattice_codes=tuple(int(c) for c in codes) if lattice else None)
     steps = int(s.steps)
     adamw = s.optimizer == "adamw"
     warmup = min(20, steps // 10) if adamw else 0
@@ -141,6 +158,15 @@ class ExplorerData:
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
+
+    @cached_property
+    def lattice_codes(self) -> tuple:
+        """Each token's lattice code, for ``embedding="lattice"``:
+        ``cllm.lattice.model.tokenizer_codes(tokenizer, train)`` (characters: the most frequent one in
+        the training split gets 2, the next 3, then 5, ...). Computed once, on first use."""
+        from ..lattice.model import tokenizer_codes
+
+        return tokenizer_codes(self.tokenizer, self.train)
 
 
 @lru_cache(maxsize=4)
@@ -188,13 +214,15 @@ def final_train_loss(history, last: int = 10) -> float:
 
 def run_training(settings: ExplorerSettings, data: Optional[ExplorerData] = None,
                  callbacks: Sequence[Callable] = (), stop_event: Optional[threading.Event] = None,
-                 progress=False) -> RunResult:
+                 progress=False, lattice_codes=None) -> RunResult:
     """Train a model with ``settings`` on ``data`` (default: :func:`prepare_data`) and return the run.
 
     Deterministic given ``settings.seed``: the initial weights, the batches and the sample all derive
     from it. ``callbacks`` are Trainer callbacks ``cb(trainer, event, info)`` (events "step", "eval",
     "end"). Setting ``stop_event`` (a ``threading.Event``) ends the run cleanly after the current step;
     the model trained so far is kept, evaluated and sampled, and the result says ``stopped=True``.
+    With ``settings.embedding == "lattice"`` the tokens' codes are ``lattice_codes`` if given, else
+    ``data.lattice_codes`` (from :func:`cllm.lattice.model.tokenizer_codes`).
     Invalid settings raise ValueError before anything is trained.
     """
     import time
@@ -204,7 +232,10 @@ def run_training(settings: ExplorerSettings, data: Optional[ExplorerData] = None
     from ..train import Trainer
 
     data = prepare_data() if data is None else data
-    model_cfg, train_cfg = settings_to_configs(settings, data.vocab_size)
+    codes = None
+    if getattr(settings, "embedding", None) == "lattice":
+        codes = data.lattice_codes if lattice_codes is None else lattice_codes
+    model_cfg, train_cfg = settings_to_configs(settings, data.vocab_size, codes)
     t0 = time.perf_counter()
     model = Model(model_cfg, seed=int(settings.seed))
 

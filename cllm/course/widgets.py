@@ -25,8 +25,8 @@ from typing import Optional
 
 import ipywidgets as W
 
-from .explorer import (EXPLORER_INITS, EXPLORER_OPTIMIZERS, ExplorerData, ExplorerSettings, RunResult,
-                       figure_png, plot_live, plot_runs, prepare_data, results_table, settings_to_configs)
+from .explorer import (EXPLORER_EMBEDDINGS, EXPLORER_INITS, EXPLORER_OPTIMIZERS, ExplorerData, ExplorerSettings,
+                       RunResult, figure_png, plot_live, plot_runs, prepare_data, results_table, settings_to_configs)
 from .stepthrough import StepThrough
 
 __all__ = ["Explorer", "StepThroughWidget", "EXPLORER_CSS_CLASSES", "STEP_CSS_CLASSES"]
@@ -43,6 +43,7 @@ EXPLORER_CSS_CLASSES = {
     "steps": "cllm-explorer-steps",
     "optimizer": "cllm-explorer-optimizer",
     "init": "cllm-explorer-init",
+    "embedding": "cllm-explorer-embedding",
     "grad_clip": "cllm-explorer-clip",
     "seed": "cllm-explorer-seed",
     "train_button": "cllm-explorer-train",
@@ -95,7 +96,8 @@ class Explorer:
     finished run compared (curves overlaid, a table of final losses).
 
     Controls (attributes): ``lr`` (FloatLogSlider), ``n_layers``, ``n_heads``, ``d_model``, ``seq_len``,
-    ``batch_size``, ``steps``, ``optimizer``, ``init``, ``grad_clip``, ``seed``. Buttons:
+    ``batch_size``, ``steps``, ``optimizer``, ``init`` (how the weights start), ``embedding`` (learned
+    table or prime lattice embedding), ``grad_clip``, ``seed``. Buttons:
     ``train_button`` (calls :meth:`start`), ``stop_button`` (:meth:`stop`), ``clear_button``
     (:meth:`clear`). Outputs: ``status`` (one line; invalid settings are reported here),
     ``plot`` (live curve, PNG), ``compare_plot`` (finished runs, PNG), ``final_loss``
@@ -135,6 +137,8 @@ class Explorer:
         self.optimizer = W.Dropdown(options=list(EXPLORER_OPTIMIZERS), value=s.optimizer, description="optimizer",
                                     style=_WIDE)
         self.init = W.Dropdown(options=list(EXPLORER_INITS), value=s.init, description="init", style=_WIDE)
+        self.embedding = W.Dropdown(options=list(EXPLORER_EMBEDDINGS), value=s.embedding, description="embedding",
+                                    style=_WIDE)
         self.grad_clip = W.FloatSlider(value=s.grad_clip, min=0.0, max=5.0, step=0.25, description="clip (0 = off)",
                                        style=_WIDE)
         self.seed = W.BoundedIntText(value=s.seed, min=0, max=2**31 - 1, description="seed", style=_WIDE)
@@ -156,7 +160,7 @@ class Explorer:
         self.results = W.HTML(value="")
 
         left = W.VBox([self.lr, self.steps, self.batch_size, self.seq_len, self.grad_clip, self.seed])
-        right = W.VBox([self.n_layers, self.n_heads, self.d_model, self.optimizer, self.init])
+        right = W.VBox([self.n_layers, self.n_heads, self.d_model, self.optimizer, self.init, self.embedding])
         buttons = W.HBox([self.train_button, self.stop_button, self.clear_button])
         self.widget = W.VBox([
             W.HBox([left, right]), buttons, self.status,
@@ -175,7 +179,8 @@ class Explorer:
             lr=float(self.lr.value), n_layers=int(self.n_layers.value), n_heads=int(self.n_heads.value),
             d_model=int(self.d_model.value), seq_len=int(self.seq_len.value),
             batch_size=int(self.batch_size.value), steps=int(self.steps.value), optimizer=self.optimizer.value,
-            init=self.init.value, grad_clip=float(self.grad_clip.value), seed=int(self.seed.value))
+            init=self.init.value, embedding=self.embedding.value, grad_clip=float(self.grad_clip.value),
+            seed=int(self.seed.value))
 
     def set_settings(self, settings: ExplorerSettings = None, **changes) -> None:
         """Set the controls from ``settings`` and/or keyword changes (``set_settings(lr=1e-2)``)."""
@@ -184,7 +189,7 @@ class Explorer:
             self.d_model.options = sorted(set(self.d_model.options) | {s.d_model})
         self.base_settings = s
         for name in ("lr", "n_layers", "n_heads", "d_model", "seq_len", "batch_size", "steps", "optimizer", "init",
-                     "grad_clip", "seed"):
+                     "embedding", "grad_clip", "seed"):
             getattr(self, name).value = getattr(s, name)
 
     # ------------------------------------------------------------------------------ buttons
@@ -204,7 +209,8 @@ class Explorer:
                 return None
             settings = self.settings()
             try:
-                settings_to_configs(settings, self.data.vocab_size)
+                codes = self.data.lattice_codes if settings.embedding == "lattice" else None
+                settings_to_configs(settings, self.data.vocab_size, codes)
             except ValueError as exc:
                 self._set_status(f"invalid settings: {exc}", "error")
                 return None

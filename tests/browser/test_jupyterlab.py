@@ -4,9 +4,10 @@ Starts ``jupyter lab`` on the repository (127.0.0.1, a free port, a random token
 config/runtime/settings/workspaces/checkpoint directories, autosave off), drives Debian's Chromium
 with Playwright for Python, and checks that
 
-* the hyperparameter explorer (notebook 14) trains when its controls are changed and Train is
-  clicked: the live loss curve changes and the final validation loss it shows is the one
-  ``cllm.course.explorer.run_training`` gives for the same settings;
+* the hyperparameter explorer (notebook 14) trains when its controls are changed (learning rate,
+  steps, and the embedding set to "lattice") and Train is clicked: the live loss curve changes and the
+  final validation loss it shows is the one ``cllm.course.explorer.run_training`` gives for the same
+  settings;
 * the step-through (notebook 15) walks the forward pass in the activation store's order and then the
   backward pass from the logits, with the label, phase, statistics and heat map following;
 * every other notebook renders with its stored outputs (figures included) and without errors;
@@ -77,9 +78,11 @@ RUN_ALL_S = 300          # every cell of notebook 14 or 15 executed
 TRAIN_S = 180            # one explorer run of a few dozen steps
 UI_S = 30                # one widget update (a click, a typed value)
 
-# The explorer run the test starts from the browser: learning rate and steps typed into the controls.
+# The explorer run the test starts from the browser: learning rate and steps typed into the controls,
+# the embedding chosen in its dropdown.
 EXPLORER_LR_TEXT, EXPLORER_LR = "1.0e-2", 1e-2
 EXPLORER_STEPS = 30
+EXPLORER_EMBEDDING = "lattice"
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -479,7 +482,8 @@ def lab(tmp_path_factory):
 
 # --------------------------------------------------------------------------------------- tests
 def test_explorer_trains_from_the_browser(lab):
-    from cllm.course.explorer import ExplorerSettings, prepare_data, run_training
+    from cllm.course.explorer import (EXPLORER_EMBEDDINGS, EXPLORER_INITS, ExplorerSettings, prepare_data,
+                                      run_training)
 
     nb = lab.open(EXPLORER_NB)
     try:
@@ -494,6 +498,12 @@ def test_explorer_trains_from_the_browser(lab):
         results = nb.widget("cllm-explorer-results", "results table", visible=False)
         nb.widget("cllm-explorer-optimizer", "optimizer dropdown")
         nb.widget("cllm-explorer-d-model", "d_model dropdown")
+        init = nb.widget("cllm-explorer-init", "init dropdown").locator("select")
+        embedding = nb.widget("cllm-explorer-embedding", "embedding dropdown").locator("select")
+        for select, what, want in ((init, "init", EXPLORER_INITS), (embedding, "embedding", EXPLORER_EMBEDDINGS)):
+            got = [t.strip() for t in select.locator("option").all_inner_texts()]
+            if got != list(want):
+                nb.fail(f"the {what} dropdown offers {got}, expected {list(want)}")
 
         defaults = ExplorerSettings()
         nb.wait_number(lr.locator(".widget-readout"), "learning-rate readout", defaults.lr)
@@ -518,6 +528,9 @@ def test_explorer_trains_from_the_browser(lab):
         field.blur()
         if field.input_value() != str(EXPLORER_STEPS):
             nb.fail(f"the steps field shows {field.input_value()!r}, expected {EXPLORER_STEPS}")
+        embedding.select_option(label=EXPLORER_EMBEDDING)
+        if embedding.locator("option:checked").inner_text().strip() != EXPLORER_EMBEDDING:
+            nb.fail(f"the embedding dropdown did not take {EXPLORER_EMBEDDING!r}")
 
         blank = nb.image_digest(plot)
         train.click()
@@ -540,19 +553,22 @@ def test_explorer_trains_from_the_browser(lab):
         if after == blank:
             nb.fail("the live loss-curve image (cllm-explorer-plot) did not change after the run")
         nb.wait_text(status, "status line", pattern=rf"^run 1: finished {EXPLORER_STEPS} steps in ")
-        # the kernel received both typed values: the results table names them
+        # the kernel received the typed values and the chosen embedding: the results table names them
         table = nb.text(results)
-        if f"lr {EXPLORER_LR:.1e}" not in table or not re.search(rf"\b{EXPLORER_STEPS}\b", table):
-            nb.fail(f"the results table should list a run with lr {EXPLORER_LR:.1e} and {EXPLORER_STEPS} steps; "
-                    f"it reads {table!r}")
+        if (f"lr {EXPLORER_LR:.1e}" not in table or not re.search(rf"\b{EXPLORER_STEPS}\b", table)
+                or f"{EXPLORER_EMBEDDING}-emb" not in table):
+            nb.fail(f"the results table should list a run with lr {EXPLORER_LR:.1e}, {EXPLORER_STEPS} steps and the "
+                    f"{EXPLORER_EMBEDDING} embedding; it reads {table!r}")
         if not train.is_enabled() or stop.is_enabled():
             nb.fail("after the run, Train should be enabled again and Stop disabled")
 
         # the same settings, trained directly in this process, give the loss the browser showed
-        direct = run_training(defaults.replace(lr=EXPLORER_LR, steps=EXPLORER_STEPS), prepare_data())
+        direct = run_training(defaults.replace(lr=EXPLORER_LR, steps=EXPLORER_STEPS, embedding=EXPLORER_EMBEDDING),
+                              prepare_data())
         if abs(direct.final_val_loss - shown) > 1e-4:
             nb.fail(f"the explorer shows final validation loss {shown:.4f}, but run_training with lr "
-                    f"{EXPLORER_LR:g} and {EXPLORER_STEPS} steps gives {direct.final_val_loss:.4f}")
+                    f"{EXPLORER_LR:g}, {EXPLORER_STEPS} steps and the {EXPLORER_EMBEDDING} embedding gives "
+                    f"{direct.final_val_loss:.4f}")
 
         assert len(seen) >= 2 and abs(direct.final_val_loss - shown) <= 1e-4  # (each already checked above)
         nb.screenshot(nb.widget("cllm-explorer", "explorer"), "screenshot_explorer.png")
