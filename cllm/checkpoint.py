@@ -399,8 +399,10 @@ def _replace_latest(run_dir: Path, final: Path) -> None:
 
 
 def _mkdtemp(prefix: str, root: Path) -> Path:
-    """A new folder with a normal folder's mode (mkdtemp makes it private, 0700)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    """A new folder ``root / <prefix><random>`` with a normal folder's mode (mkdtemp makes it private,
+    0700). Spelled under ``root`` as given: mkdtemp returns an absolute path from CPython 3.12 on, even
+    for a relative ``root``, and `latest` is written relative to the run directory."""
+    path = root / Path(tempfile.mkdtemp(prefix=prefix, dir=root)).name
     os.chmod(path, _DIR_MODE)
     return path
 

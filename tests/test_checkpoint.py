@@ -128,6 +128,23 @@ def test_keeps_the_last_two_and_resaves_a_step(tmp_path):
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("mkdtemp", ["this Python's", "absolute, as CPython 3.12+"])
+def test_resave_in_a_relative_run_dir(tmp_path, monkeypatch, mkdtemp):
+    """`python -m cllm train` from a folder writes runs/<name>, a relative path; re-saving its last step
+    must work whatever tempfile.mkdtemp returns for a relative dir (3.12 made it absolute)."""
+    import tempfile
+    if mkdtemp != "this Python's":
+        native = tempfile.mkdtemp
+        monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: os.path.abspath(native(*a, **k)))
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs") / "r"
+    save(run, 10)
+    save(run, 10, seed=5)                                          # the re-save that pins `latest` meanwhile
+    assert (run / "latest").read_text() == "checkpoints/step_000010\n"
+    np.testing.assert_array_equal(load_checkpoint(run).params["wte"], make_state(5)[0]["wte"])
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
 # -- damaged checkpoints -----------------------------------------------------------------------------
 
 def test_truncated_npz(tmp_path):
