@@ -36,6 +36,31 @@ def test_mse_backward_leaves_loss_at_ln_vocab(seed_like):
     assert np.all(model.params["lm_head.weight"] == 0)  # the head never received a gradient
 
 
+def test_mse_embedding_grads_is_the_exact_gradient_of_the_mse_loss():
+    """Both terms, at the input rows and (subtracted) at the target rows: finite differences in float64."""
+    cfg = cllm.ModelConfig(vocab_size=7, d_model=4, n_layers=1, n_heads=2, d_ff=8, max_seq_len=5, dtype="float64")
+    model = cllm.Model(cfg, seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 7, (2, 5))
+    y = rng.integers(0, 7, (2, 5))
+    _, _, acts = model.forward(x, y)
+    grads = pitfalls.mse_embedding_grads(model, acts)
+    E = model.params["wte"]                                             # (V, C)
+
+    def l2():
+        return float(np.mean(np.sum((E[x] - E[y]) ** 2, axis=-1)))     # mean over the B*T positions
+
+    numeric = np.zeros_like(E)
+    for i in np.ndindex(E.shape):
+        keep = E[i]
+        E[i] = keep + 1e-6; up = l2()
+        E[i] = keep - 1e-6; down = l2()
+        E[i] = keep
+        numeric[i] = (up - down) / 2e-6
+    np.testing.assert_allclose(grads["wte"], numeric, rtol=1e-7, atol=1e-10)
+    assert all(not np.any(g) for k, g in grads.items() if k != "wte")
+
+
 def test_real_backward_makes_the_same_loss_fall(seed_like):
     model, x, y = seed_like
     losses = pitfalls.sgd_losses(model, x, y, steps=50, lr=0.5)

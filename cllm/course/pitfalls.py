@@ -24,9 +24,12 @@ from ..model import Model, block_names
 def mse_embedding_grads(model: Model, acts) -> dict:
     """BROKEN: gradients of L2 = mean_n ||E[idx_n] - E[target_n]||^2 instead of the cross-entropy.
 
-    This is what the earlier backward computed (``2 * (layer_input - target_embed) / (B * T)``): it
-    pulls each input token's embedding towards the embedding of the token that follows. Only the
-    embedding table gets a gradient; the output projection, the blocks and LayerNorms get zeros.
+    The earlier backward's one quoted line, ``2 * (layer_input - target_embed) / (B * T)``, is the
+    first of its two terms, the one at each input token's row; the seeds show no line for the second,
+    the same amount subtracted at the target's row, which this function adds so that it is the exact
+    gradient of L2 (checked against finite differences). Descending it pulls each input token's
+    embedding and the embedding of the token that follows towards each other. Only the embedding
+    table gets a gradient; the output projection, the blocks and LayerNorms get zeros.
     The cross-entropy measured in the forward pass is not the function being descended.
     """
     idx, targets = acts.idx, acts.targets
